@@ -1,0 +1,1 @@
+"""Data stages: acquire (synthetic | binance | files), manifest, segments."""
