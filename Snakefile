@@ -1,0 +1,15 @@
+"""trainrelay: raw market data -> forecaster -> policy -> engine choice -> report.
+
+Run `snakemake -n` to see what would run; `make demo` runs the embedded demo.
+"""
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/preflight.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

@@ -1,0 +1,77 @@
+"""Config validation, paths and input functions shared by every rule file."""
+
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# Make the library importable even when trainrelay is not pip-installed (e.g. `snakemake` run from
+# a plain clone on a cluster node whose venv has only the dependencies).
+sys.path.insert(0, str(Path(workflow.basedir)))
+
+from trainrelay.config import check_config, load_schema
+from trainrelay.data.acquire import raw_targets
+from trainrelay.errors import TrainrelayError
+
+
+configfile: "config/config.yaml"
+
+
+# One clear line for a bad config (Snakemake's own validate prints the whole schema); then
+# snakemake's validate for its defaults handling.
+try:
+    check_config(
+        config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"), "your config"
+    )
+except TrainrelayError as exc:
+    sys.exit(f"trainrelay: error: {exc}")
+validate(config, schema="../config/schema.yaml")
+
+RUN = config["run"]
+RESULTS = f"results/{RUN}"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+RAW = f"data/raw/{config['source']}"
+STATE_DIR = config["checkpoint"]["state_dir"] or f"{RESULTS}/state"
+
+# The stages in DAG order; `config["until"]` cuts the `all` target after one of them.
+STAGES = [
+    "embeddings",
+    "train_forecaster",
+    "precompute",
+    "train_policy",
+    "evaluate_policy",
+    "export_onnx",
+    "benchmark",
+    "report",
+    "validate",
+    "dashboard",
+]
+
+
+def raw_files():
+    """Every file acquire writes for the configured source (they are its declared outputs)."""
+    try:
+        return [f"{RAW}/{path}" for path in raw_targets(config)]
+    except TrainrelayError as exc:
+        sys.exit(f"trainrelay: error: {exc}")
+
+
+def stage_targets(stage):
+    """The file targets that prove a stage is done."""
+    targets = {
+        "embeddings": [
+            f"{RESULTS}/environment.json",
+            f"{RESULTS}/manifest/base_manifest.parquet",
+            f"{RESULTS}/segments/features.parquet",
+            f"{RESULTS}/embeddings/text_embeddings.parquet",
+        ],
+    }
+    return targets.get(stage, [])
+
+
+def final_targets():
+    wanted = STAGES[: STAGES.index(config["until"]) + 1]
+    return [target for stage in wanted for target in stage_targets(stage)]

@@ -1,0 +1,72 @@
+"""Data stages: acquire -> manifest -> segments -> embeddings."""
+
+
+rule acquire:
+    output:
+        raw_files(),
+    params:
+        raw_root=RAW,
+    log:
+        f"{LOGS}/acquire.log",
+    benchmark:
+        f"{BENCH}/acquire.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/acquire.py"
+
+
+rule manifest:
+    input:
+        raw=raw_files(),
+    output:
+        manifest=f"{RESULTS}/manifest/base_manifest.parquet",
+    params:
+        raw_root=RAW,
+    log:
+        f"{LOGS}/manifest.log",
+    benchmark:
+        f"{BENCH}/manifest.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/manifest.py"
+
+
+rule segments:
+    input:
+        manifest=rules.manifest.output.manifest,
+        raw=raw_files(),
+    output:
+        features=f"{RESULTS}/segments/features.parquet",
+        scaler=f"{RESULTS}/segments/scaler.json",
+        metadata=f"{RESULTS}/segments/segments_metadata.parquet",
+    params:
+        raw_root=RAW,
+    log:
+        f"{LOGS}/segments.log",
+    benchmark:
+        f"{BENCH}/segments.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/segments.py"
+
+
+rule embeddings:
+    input:
+        events=f"{RAW}/events/events.csv",
+        environment=f"{RESULTS}/environment.json",
+        manifest=rules.manifest.output.manifest,
+    output:
+        embeddings=f"{RESULTS}/embeddings/text_embeddings.parquet",
+        meta=f"{RESULTS}/embeddings/embeddings_meta.json",
+    log:
+        f"{LOGS}/embeddings.log",
+    benchmark:
+        f"{BENCH}/embeddings.tsv"
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    script:
+        "../scripts/embeddings.py"

@@ -1,0 +1,9 @@
+from trainrelay.environment import write_environment
+from trainrelay.rulerun import run_rule
+
+
+def main(smk):
+    write_environment(smk.output.environment, smk.config["device"])
+
+
+run_rule(snakemake, main)

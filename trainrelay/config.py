@@ -1,0 +1,86 @@
+"""Config checking with one-line errors.
+
+Snakemake's own ``validate`` reports a schema violation as a multi-line dump of the schema. Users
+need one line that names the key and what to do, so the workflow first runs :func:`check_config`
+(the same JSON schema, reported as ``config: <dotted.key>: <problem>``) and then
+``snakemake.utils.validate`` for its defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from trainrelay.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _dotted(path: Any) -> str:
+    return ".".join(str(part) for part in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = ".".join([*map(str, error.absolute_path), extra[0]]) if extra else where
+        return f"config: unknown key '{key}' (allowed here: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"config: {where}: {error.message}"
+    if error.validator == "type":
+        return f"config: {where}: {error.instance!r} is not of type {error.validator_value}"
+    if error.validator == "enum":
+        return f"config: {where}: {error.instance!r} is not one of {error.validator_value}"
+    return f"config: {where}: {error.message}"
+
+
+def config_errors(config: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
+    """Every schema violation of ``config`` as a one-line message, most specific first."""
+    schema = schema if schema is not None else load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (-len(e.absolute_path), e.message))
+    return [_describe(error) for error in errors]
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None, source: str = "") -> None:
+    """Raise ConfigError with one line for the first violation (and a count of the others)."""
+    problems = config_errors(config, schema)
+    if not problems:
+        return
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    hint = f"; fix it in {source}" if source else ""
+    raise ConfigError(f"{problems[0]}{more}{hint}")
+
+
+def load_config(path: str | Path, overrides: list[str | Path] = ()) -> dict[str, Any]:
+    """Load a config file (plus override files, merged deeply in order) and check it."""
+    config: dict[str, Any] = {}
+    for item in [path, *overrides]:
+        item = Path(item)
+        if not item.is_file():
+            raise ConfigError(f"{item}: config file not found")
+        with open(item, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{item}: a config file must be a YAML mapping")
+        _merge(config, loaded)
+    check_config(config, source=str(path))
+    return config
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
