@@ -35,6 +35,9 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 RAW = f"data/raw/{config['source']}"
 STATE_DIR = config["checkpoint"]["state_dir"] or f"{RESULTS}/state"
+# GPU rules ask the scheduler for a GPU unless the config pins the run to the CPU; a profile's
+# `resources: gpu=N` then caps how many GPU jobs run at once (`--gpus=1` per job on Slurm).
+GPUS = 0 if config["device"] == "cpu" else 1
 
 # The stages in DAG order; `config["until"]` cuts the `all` target after one of them.
 STAGES = [

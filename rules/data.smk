@@ -66,7 +66,7 @@ rule embeddings:
     benchmark:
         f"{BENCH}/embeddings.tsv"
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=4000,
     script:
         "../scripts/embeddings.py"

@@ -3,7 +3,7 @@ from trainrelay.rulerun import run_rule
 
 
 def main(smk):
-    write_environment(smk.output.environment, smk.config["device"])
+    write_environment(smk.output.environment, smk.params.device)
 
 
 run_rule(snakemake, main)

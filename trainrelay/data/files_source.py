@@ -26,7 +26,9 @@ def read_table(path: str | Path, setting: str) -> pl.DataFrame:
     """Read a CSV or parquet file; ``setting`` names the config key for the error message."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{setting}: file '{path}' not found; fix the path (relative paths start at the workdir)")
+        raise DataError(
+            f"{setting}: file '{path}' not found; fix the path (relative paths start at the workdir)"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix in {".parquet", ".pq"}:
@@ -66,12 +68,16 @@ def parse_timestamps(series: pl.Series, where: str) -> pl.Series:
     elif dtype == pl.String:
         parsed = _parse_strings(series, where)
     else:
-        raise DataError(f"{where}: timestamps of type {dtype} are not supported; use ISO strings or epoch integers")
+        raise DataError(
+            f"{where}: timestamps of type {dtype} are not supported; use ISO strings or epoch integers"
+        )
     parsed = parsed.cast(pl.Datetime("ms", "UTC")).alias(series.name)
     bad = parsed.is_null() & series.is_not_null()
     if bad.any():
         first = series.filter(bad)[0]
-        raise DataError(f"{where}: cannot parse timestamp '{first}' (row {bad.arg_true()[0] + 1}); use ISO 8601")
+        raise DataError(
+            f"{where}: cannot parse timestamp '{first}' (row {bad.arg_true()[0] + 1}); use ISO 8601"
+        )
     if series.is_null().any():
         raise DataError(f"{where}: empty timestamp in row {series.is_null().arg_true()[0] + 1}")
     return parsed
@@ -100,13 +106,16 @@ def normalise_series(
     source = f"{where} '{path}'"
     if timestamp_column not in frame.columns:
         raise DataError(
-            f"{source}: timestamp column '{timestamp_column}' not found (columns: {', '.join(frame.columns)}); "
+            f"{source}: timestamp column '{timestamp_column}' not found "
+            f"(columns: {', '.join(frame.columns)}); "
             "set files.timestamp_column"
         )
     if columns is None:
         chosen = [c for c in frame.columns if c != timestamp_column and frame.schema[c].is_numeric()]
         if not chosen:
-            raise DataError(f"{source}: no numeric column besides '{timestamp_column}'; list them in files.columns")
+            raise DataError(
+                f"{source}: no numeric column besides '{timestamp_column}'; list them in files.columns"
+            )
     else:
         chosen = list(columns)
         missing = [c for c in chosen if c not in frame.columns]
@@ -117,7 +126,9 @@ def normalise_series(
             kinds = ", ".join(f"{c} ({frame.schema[c]})" for c in non_numeric)
             raise DataError(f"{source}: column(s) {kinds} are not numeric; drop them from files.columns")
     if TIMESTAMP in chosen:
-        raise DataError(f"{source}: a value column is named '{TIMESTAMP}'; rename it or leave it out of files.columns")
+        raise DataError(
+            f"{source}: a value column is named '{TIMESTAMP}'; rename it or leave it out of files.columns"
+        )
     stamps = parse_timestamps(frame[timestamp_column], f"{source} column '{timestamp_column}'")
     out = frame.select([pl.col(c).cast(pl.Float64) for c in chosen]).with_columns(stamps.alias(TIMESTAMP))
     out = out.select([TIMESTAMP, *chosen]).sort(TIMESTAMP, maintain_order=True)

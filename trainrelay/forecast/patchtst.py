@@ -44,6 +44,18 @@ def patch_count(lookback: int, patch_len: int, stride: int) -> int:
     return (lookback - patch_len) // stride + 2
 
 
+class Dropout(nn.Dropout):
+    """Dropout whose CPU mask comes from ``rand_like``: torch's CPU ``bernoulli_`` took half of a
+    PatchTST training step on 2 cores; same distribution, same eval-mode identity (nothing in ONNX)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 class RevIN(nn.Module):
     """Instance normalisation over time per series; undone on the forecast."""
 
@@ -70,7 +82,7 @@ class ResidualAttention(nn.Module):
         self.q = nn.Linear(d_model, d_model)
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
-        self.out = nn.Sequential(nn.Linear(d_model, d_model), nn.Dropout(dropout))
+        self.out = nn.Sequential(nn.Linear(d_model, d_model), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         n, length, d = x.shape
@@ -100,12 +112,12 @@ class EncoderLayer(nn.Module):
     def __init__(self, p: PatchTSTParams) -> None:
         super().__init__()
         self.attn = ResidualAttention(p.d_model, p.n_heads, p.dropout)
-        self.drop_attn = nn.Dropout(p.dropout)
+        self.drop_attn = Dropout(p.dropout)
         self.norm_attn = TokenBatchNorm(p.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(p.d_model, p.d_ff), nn.GELU(), nn.Dropout(p.dropout), nn.Linear(p.d_ff, p.d_model)
+            nn.Linear(p.d_model, p.d_ff), nn.GELU(), Dropout(p.dropout), nn.Linear(p.d_ff, p.d_model)
         )
-        self.drop_ff = nn.Dropout(p.dropout)
+        self.drop_ff = Dropout(p.dropout)
         self.norm_ff = TokenBatchNorm(p.d_model)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,16 +151,21 @@ class PatchTST(nn.Module):
         self.params = p
         self.n_patches = patch_count(lookback, p.patch_len, p.stride)
         self.revin = RevIN() if p.revin else None
-        self.pad = nn.ReplicationPad1d((0, p.stride))
+        # Patch k covers steps k*stride .. k*stride+patch_len-1 of the series padded at the end by
+        # repeating its last value; clamping the index does both in one gather (Tensor.unfold has
+        # no ONNX export with a dynamic batch).
+        starts = torch.arange(self.n_patches).unsqueeze(1) * p.stride
+        index = (starts + torch.arange(p.patch_len)).clamp(max=lookback - 1)
+        self.register_buffer("patch_index", index, persistent=False)
         self.embed = nn.Linear(p.patch_len, p.d_model)
         if p.positions == "learned":
             self.positions = nn.Parameter(torch.empty(self.n_patches, p.d_model).uniform_(-0.02, 0.02))
         else:
             self.register_buffer("positions", sincos_positions(self.n_patches, p.d_model))
-        self.drop_in = nn.Dropout(p.dropout)
+        self.drop_in = Dropout(p.dropout)
         self.layers = nn.ModuleList(EncoderLayer(p) for _ in range(p.n_layers))
         self.head = nn.Sequential(
-            nn.Flatten(start_dim=-2), nn.Linear(p.d_model * self.n_patches, horizon), nn.Dropout(p.head_dropout)
+            nn.Flatten(start_dim=-2), nn.Linear(p.d_model * self.n_patches, horizon), Dropout(p.head_dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +173,7 @@ class PatchTST(nn.Module):
         series = x.transpose(1, 2)  # [B, C, L]: each channel is its own sequence
         if self.revin is not None:
             series, mean, std = self.revin.normalise(series)
-        patches = self.pad(series).unfold(-1, self.params.patch_len, self.params.stride)  # [B, C, N, P]
+        patches = series[..., self.patch_index]  # [B, C, N, P]
         tokens = self.embed(patches).reshape(-1, self.n_patches, self.params.d_model) + self.positions
         tokens = self.drop_in(tokens)
         scores = None

@@ -1,0 +1,16 @@
+from trainrelay.embed import embed_events
+from trainrelay.rulerun import run_rule
+
+
+def main(smk):
+    embed_events(
+        smk.input.events,
+        smk.output.embeddings,
+        smk.config["embeddings"],
+        device=smk.config["device"],
+        seed=smk.config["seed"],
+        meta_json=smk.output.meta,
+    )
+
+
+run_rule(snakemake, main)

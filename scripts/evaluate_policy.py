@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from trainrelay.policy.evaluate import evaluate_policy
+from trainrelay.rulerun import run_rule
+
+
+def main(smk):
+    paths = {
+        "features": smk.input.features,
+        "scaler": smk.input.scaler,
+        "segments": smk.input.segments,
+        "forecasts": smk.input.forecasts,
+        "text": smk.input.get("text"),
+    }
+    # metrics/ablation/<variant>.json files, merged under "ablations" by their file name
+    ablations = {Path(p).stem: p for p in smk.input.get("ablations", [])}
+    evaluate_policy(
+        smk.input.policy,
+        paths,
+        metrics_out=smk.output.metrics,
+        equity_out=smk.output.get("equity_curve"),
+        ablations=ablations,
+        threads=smk.threads,
+    )
+
+
+run_rule(snakemake, main)

@@ -1,0 +1,160 @@
+"""PPO training: outputs, the torch view for export, resume after SIGKILL, time budget, fingerprints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from tests.test_policy_data import policy_config, write_inputs
+from trainrelay.errors import BudgetExhausted, ConfigError
+from trainrelay.policy.model import load_policy, read_meta
+from trainrelay.policy.train import LOSS_COLUMNS, observation_for, train_policy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(paths, out: Path, config: dict, **kwargs) -> dict:
+    return train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", **kwargs)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return PPO.load(path, device="cpu").policy.state_dict()
+
+
+def test_training_writes_policy_loss_csv_and_a_loadable_torch_module(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=1024, n_steps=128, n_envs=2)
+    summary = _run(paths, tmp_path, config)
+    assert summary["timesteps"] == 1024
+
+    loss = pl.read_csv(tmp_path / "ppo.csv")
+    assert loss.columns == LOSS_COLUMNS
+    assert loss["timesteps"].to_list() == [256, 512, 768, 1024]  # one row per PPO update
+    assert loss["entropy"].min() > 0 and loss["value_loss"].min() > 0
+    assert loss["seconds"].is_sorted() and loss.select(pl.all().is_null().any()).row(0) == (False,) * 9
+
+    actor, meta = load_policy(tmp_path / "ppo_policy.zip")
+    assert meta["obs_dim"] == 16 and len(meta["feature_names"]) == 16
+    assert meta["observation"] == {"forecasts": True, "text": True}
+    assert meta["timesteps"] == 1024 and not actor.training
+    obs = np.random.default_rng(0).normal(size=(64, meta["obs_dim"])).astype(np.float32)
+    with torch.no_grad():
+        actions = actor(torch.from_numpy(obs))
+    assert actions.shape == (64, 1) and actions.dtype == torch.float32
+    expected, _ = PPO.load(tmp_path / "ppo_policy.zip", device="cpu").predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions.numpy(), expected, atol=1e-6)
+    assert float(actions.abs().max()) <= 1.0
+
+
+def test_ablation_flags_shrink_the_observation(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=256, n_steps=128, n_envs=2)
+    _run(paths, tmp_path, config, observation=observation_for(config, "no_text"))
+    meta = read_meta(tmp_path / "ppo_policy.zip")
+    assert meta["observation"] == {"forecasts": True, "text": False}
+    assert meta["obs_dim"] == 16 - 5 and not any(n.startswith("text") for n in meta["feature_names"])
+    assert observation_for(config, "no_forecast") == {"forecasts": False, "text": True}
+    with pytest.raises(ConfigError, match="ablation variant 'nope'"):
+        observation_for(config, "nope")
+
+
+def test_subproc_vec_env_trains(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=512, n_steps=128, n_envs=2, vec_env="subproc")
+    assert _run(paths, tmp_path, config)["timesteps"] == 512
+
+
+def test_total_timesteps_must_be_a_multiple_of_a_rollout(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    with pytest.raises(ConfigError, match=r"policy\.ppo\.total_timesteps \(1000\)"):
+        _run(paths, tmp_path, policy_config(total_timesteps=1000, n_steps=128, n_envs=2))
+
+
+def test_time_budget_saves_and_rerun_resumes_then_other_config_starts_fresh(tmp_path, caplog):
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=16384, n_steps=128, n_envs=2)
+    config["checkpoint"]["time_budget_minutes"] = 0.005  # 0.3 s: a few rollouts
+    with pytest.raises(BudgetExhausted, match="rerun the same command to resume"):
+        _run(paths, tmp_path, config)
+    states = sorted((tmp_path / "state").glob("state-*.pt"))
+    assert 1 <= len(states) <= 3  # checkpoint.keep
+    assert not (tmp_path / "ppo_policy.zip").exists()
+
+    config["checkpoint"]["time_budget_minutes"] = None  # not part of the fingerprint: resumes
+    with caplog.at_level(logging.INFO, logger="trainrelay"):
+        _run(paths, tmp_path, config)
+    assert "resumed PPO at" in caplog.text
+    rows = pl.read_csv(tmp_path / "ppo.csv")["timesteps"].to_list()
+    assert rows == list(range(256, 16384 + 1, 256))  # no gap, no repeat across the stop
+
+    caplog.clear()
+    other = policy_config(total_timesteps=512, n_steps=128, n_envs=2, learning_rate=1e-3)
+    with caplog.at_level(logging.INFO):
+        _run(paths, tmp_path, other)
+    assert "made with another config; starting fresh" in caplog.text
+    assert pl.read_csv(tmp_path / "ppo.csv")["timesteps"].to_list() == [256, 512]
+
+
+_CHILD = """
+import sys, torch
+from pathlib import Path
+from tests.test_policy_data import policy_config, write_inputs
+from trainrelay.policy.train import train_policy
+root = Path(sys.argv[1]); out = Path(sys.argv[2])
+paths = {k: root / v for k, v in [("features", "features.parquet"), ("scaler", "scaler.json"),
+         ("segments", "segments.parquet"), ("forecasts", "forecasts.parquet"), ("text", "text.parquet")]}
+config = policy_config(total_timesteps=int(sys.argv[3]), n_steps=128, n_envs=2)
+train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", threads=1)
+"""
+
+
+def _child(data: Path, out: Path, total: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(out), str(total)], cwd=REPO, env=env)
+
+
+def test_sigkill_mid_training_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+    data = tmp_path / "in"
+    write_inputs(data)
+    total = 8192
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+
+    proc = _child(data, killed, total)
+    deadline = time.monotonic() + 120
+    while not list((killed / "state").glob("state-*.pt")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before any state was saved"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "ppo_policy.zip").exists(), "the run finished before the kill: nothing was tested"
+
+    resumed = _child(data, killed, total)
+    # the uninterrupted reference runs here meanwhile (same code, same seed, one thread)
+    paths = {k: data / f"{k}.parquet" for k in ("features", "segments", "forecasts", "text")}
+    paths["scaler"] = data / "scaler.json"
+    config = policy_config(total_timesteps=total, n_steps=128, n_envs=2)
+    _run(paths, reference, config, threads=1)
+    assert resumed.wait(timeout=300) == 0
+
+    meta = read_meta(killed / "ppo_policy.zip")
+    assert meta["timesteps"] == total
+    a, b = pl.read_csv(killed / "ppo.csv"), pl.read_csv(reference / "ppo.csv")
+    assert a["timesteps"].to_list() == list(range(256, total + 1, 256))
+    # training is deterministic on CPU: the resumed run's losses and weights match the reference
+    np.testing.assert_allclose(a["value_loss"].to_numpy(), b["value_loss"].to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(a["episode_reward"].to_numpy(), b["episode_reward"].to_numpy(), rtol=1e-4)
+    pa, pb = _params(killed / "ppo_policy.zip"), _params(reference / "ppo_policy.zip")
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,154 @@
+"""The report: values, determinism, charts, one-line errors and "not run" for optional inputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.fixtures_run import build_results_tree, fixture_config
+from trainrelay.errors import DataError
+from trainrelay.fingerprint import config_fingerprint
+from trainrelay.report.build import build_report, current_git_commit
+
+
+def _outputs(directory: Path) -> dict[str, Path]:
+    return {
+        "html": directory / "report.html",
+        "pdf": directory / "report.pdf",
+        "json": directory / "report.json",
+        "csv": directory / "metrics.csv",
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("run")
+    results = build_results_tree(root)
+    outputs = _outputs(root / "reports" / "fixture")
+    build_report(results, outputs, fixture_config(), git_commit="0123456789abcdef0123456789abcdef01234567")
+    return results, outputs
+
+
+def test_report_json_holds_the_numbers(built: tuple[Path, dict[str, Path]]) -> None:
+    _results, outputs = built
+    report = json.loads(outputs["json"].read_text())
+    assert report["run"] == "fixture"
+    assert report["git_commit"] == "0123456789abcdef0123456789abcdef01234567"
+    assert report["config_fingerprint"] == config_fingerprint(fixture_config())
+    assert report["data_through"] == "2024-02-29T23:45:00Z"  # the inputs' own time, not the clock
+    patchtst = next(row for row in report["forecast"] if row["model"] == "patchtst")
+    assert patchtst["test_mse_vs_naive_pct"] == pytest.approx((0.437 - 0.612) / 0.612 * 100)
+    assert [row["model"] for row in report["forecast"]] == ["patchtst", "dlinear", "naive"]
+    assert report["data"]["rows"] == 2 * (31 + 29) * 96 + 2 * (31 + 29) * 3
+    assert report["data"]["symbols"] == ["BTCUSDT", "ETHUSDT"]
+    # the chosen engine comes from selection.json; its speed-up is measured against torch eager CPU
+    forecaster = next(m for m in report["simple"]["models"] if m["model"] == "forecaster")
+    assert forecaster["chosen"]["engine"] == "ort_cpu" and forecaster["chosen"]["batch"] == 32
+    assert forecaster["speedup_p50"] == pytest.approx(0.80 * (1 + 32 / 16) / (0.31 * (1 + 32 / 16)))
+    assert "ort_cpu" in forecaster["deploy"]["summary"] or "ONNX Runtime" in forecaster["deploy"]["summary"]
+    assert "CPUExecutionProvider" in forecaster["deploy"]["code"]
+    baseline = [d for d in report["benchmark"]["deltas"] if d["is_baseline"]]
+    assert {d["engine"] for d in baseline} == {"torch_eager_cpu"}
+    assert all(d["speedup_p50"] == pytest.approx(1.0) for d in baseline)
+    # unavailable and failed engines fail the constraints with their reason, never with a number
+    trt = next(r for r in report["benchmark"]["evaluation"] if r["engine"] == "ort_tensorrt_fp16")
+    assert not trt["meets_all"] and "TensorRT is not installed" in " ".join(trt["notes"])
+    assert any("TensorRT is not installed" in line for line in report["recommendations"])
+    assert report["policy"]["ablations"]["no_text"]["sharpe"] == 1.12
+    assert set(report["sources"]) >= {"benchmark/metrics.parquet", "metrics/policy.json"}
+
+
+def test_html_has_both_views_and_real_charts(built: tuple[Path, dict[str, Path]]) -> None:
+    _results, outputs = built
+    html = outputs["html"].read_text()
+    assert 'id="simple"' in html and 'id="technical"' in html
+    assert "0123456789abcdef0123456789abcdef01234567" in html
+    assert "ort_cpu · cpu · fp32 · batch 32" in html
+    assert "-28.6 %" in html  # patchtst test MSE vs naive
+    assert "CUDA is not available" in html
+    charts = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(charts) >= 6  # losses, PPO, MSE bars, equity, latency per model
+    for chart in charts:
+        svg = base64.b64decode(chart).decode()
+        assert svg.count("<path") > 10
+        assert "<dc:date>" not in svg  # no build time inside the SVG
+
+
+def test_metrics_csv_and_pdf(built: tuple[Path, dict[str, Path]]) -> None:
+    _results, outputs = built
+    frame = pl.read_csv(outputs["csv"], infer_schema=False)
+    assert frame.columns == ["section", "subject", "metric", "value"]
+    row = frame.filter(
+        (pl.col("section") == "forecast") & (pl.col("subject") == "naive") & (pl.col("metric") == "test_mse")
+    )
+    assert row["value"].to_list() == ["0.612"]
+    speed = frame.filter(
+        (pl.col("section") == "delta_vs_baseline")
+        & (pl.col("subject") == "policy/ort_cpu/cpu/fp32/batch1")
+        & (pl.col("metric") == "speedup_p50")
+    )
+    assert float(speed["value"][0]) == pytest.approx(0.80 / 0.31)
+    pdf = outputs["pdf"].read_bytes()
+    assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]
+    assert len(pdf) > 20_000
+
+
+def test_rebuild_gives_identical_bytes(built: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    results, first = built
+    second = _outputs(tmp_path / "again")
+    build_report(results, second, fixture_config(), git_commit="0123456789abcdef0123456789abcdef01234567")
+    for name in ("html", "json", "csv", "pdf"):
+        assert first[name].read_bytes() == second[name].read_bytes(), name
+
+
+def test_missing_required_input_fails_with_one_line(
+    built: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    results, _ = built
+    copy = tmp_path / "results" / "fixture"
+    shutil.copytree(results, copy)
+    (copy / "metrics" / "policy.json").unlink()
+    with pytest.raises(DataError) as err:
+        build_report(copy, _outputs(tmp_path / "out"), fixture_config(), git_commit="unknown")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "metrics/policy.json" in message and "evaluate_policy" in message
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_malformed_field_is_named(built: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    results, _ = built
+    copy = tmp_path / "results" / "fixture"
+    shutil.copytree(results, copy)
+    path = copy / "metrics" / "forecaster.json"
+    data = json.loads(path.read_text())
+    del data["models"]["naive"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"forecaster\.json: field `models` lacks naive"):
+        build_report(copy, _outputs(tmp_path / "out"), fixture_config(), git_commit="unknown")
+
+
+def test_optional_inputs_are_shown_as_not_run(tmp_path: Path) -> None:
+    results = build_results_tree(tmp_path, ablations=False, embeddings=False)
+    outputs = _outputs(tmp_path / "reports" / "fixture")
+    report = build_report(results, outputs, fixture_config(), git_commit="unknown")
+    assert report["policy"]["ablations"] is None and report["embeddings"] is None and report["tuning"] is None
+    html = outputs["html"].read_text()
+    assert re.search(r"Ablations: <span class=\"na\">not run</span>", html)
+    assert re.search(r"Text embeddings: <span class=\"na\">not run</span>", html)
+    assert any(line.startswith("Ablations were not run") for line in report["recommendations"])
+
+
+def test_git_commit_outside_a_repo_is_unknown(tmp_path: Path) -> None:
+    assert current_git_commit(tmp_path) == "unknown"
+    commit = current_git_commit(Path(__file__).parent)
+    assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{40}", commit)

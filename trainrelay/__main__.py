@@ -1,0 +1,5 @@
+import sys
+
+from trainrelay.cli import main
+
+sys.exit(main())

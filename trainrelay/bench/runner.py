@@ -1,0 +1,326 @@
+"""Run every configured engine on every model and batch size; write metrics, raw samples, selection.
+
+One row per model x engine x batch, in a fixed order (models as given, engines in config order,
+batches ascending). An engine that cannot be built or run once here gives ``unavailable`` rows
+with the reason; one that builds but breaks on a batch gives a ``failed`` row; only ``ok`` rows
+carry numbers. Correctness is the relative L2 error against torch fp32 eager on the CPU on the
+same real inputs, judged against the tolerance of the engine's precision.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from trainrelay import atomic
+from trainrelay.bench.constraints import validate_constraints
+from trainrelay.bench.engines import (
+    ENGINE_SPECS,
+    EngineSettings,
+    EngineUnavailable,
+    ModelUnderTest,
+    first_line,
+    make_engine,
+    probe,
+)
+from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
+from trainrelay.bench.select import OBJECTIVES, select_engines
+from trainrelay.bench.timing import summarise, time_trials, warm_up
+from trainrelay.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRIC_SCHEMA: dict[str, Any] = {
+    "model": pl.String,
+    "engine": pl.String,
+    "device": pl.String,
+    "precision": pl.String,
+    "batch": pl.Int64,
+    "status": pl.String,
+    "reason": pl.String,
+    "build_seconds": pl.Float64,
+    "rel_l2_error": pl.Float64,
+    "tolerance": pl.Float64,
+    "correct": pl.Boolean,
+    "latency_mean_ms": pl.Float64,
+    "latency_p50_ms": pl.Float64,
+    "latency_p95_ms": pl.Float64,
+    "latency_p99_ms": pl.Float64,
+    "throughput_sps": pl.Float64,
+    "cpu_util_pct": pl.Float64,
+    "gpu_util_pct": pl.Float64,
+    "vram_mb": pl.Float64,
+    "peak_rss_mb": pl.Float64,
+}
+RAW_SCHEMA: dict[str, Any] = {
+    "model": pl.String,
+    "engine": pl.String,
+    "batch": pl.Int64,
+    "trial": pl.Int64,
+    "iteration": pl.Int64,
+    "latency_ms": pl.Float64,
+}
+
+
+def check_settings(settings: dict[str, Any], models: list[str]) -> None:
+    """Config checks the schema cannot express (known engine names, one objective per model)."""
+    unknown = [e for e in settings["engines"] if e not in ENGINE_SPECS]
+    if unknown:
+        raise ConfigError(
+            f"benchmark.engines: unknown engine(s) {', '.join(unknown)}; use {', '.join(ENGINE_SPECS)}"
+        )
+    for model in models:
+        if settings["objective"].get(model) not in OBJECTIVES:
+            raise ConfigError(f"benchmark.objective.{model} must be one of {', '.join(OBJECTIVES)}")
+    validate_constraints(settings["constraints"])
+
+
+def tile_batch(samples: np.ndarray, batch: int) -> np.ndarray:
+    """A ``batch``-row array of real samples, cycling through them when there are fewer rows."""
+    return np.ascontiguousarray(samples[np.arange(batch) % len(samples)], dtype=np.float32)
+
+
+def rel_l2(output: np.ndarray, reference: np.ndarray) -> float:
+    """``||output - reference|| / ||reference||`` in float64 (inf for non-finite output)."""
+    out, ref = np.asarray(output, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if not np.isfinite(out).all():
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(float(np.linalg.norm(ref)), 1e-12))
+
+
+def _empty_row(model: str, engine: str, batch: int, status: str, reason: str | None) -> dict[str, Any]:
+    spec = ENGINE_SPECS[engine]
+    row = dict.fromkeys(METRIC_SCHEMA)
+    row.update(
+        model=model,
+        engine=engine,
+        device=spec.device,
+        precision=spec.precision,
+        batch=batch,
+        status=status,
+        reason=reason,
+    )
+    return row
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict[str, Any]]
+    raw: pl.DataFrame
+
+
+def _measure_engine(
+    model: ModelUnderTest,
+    engine_name: str,
+    settings: dict[str, Any],
+    engine_settings: EngineSettings,
+    references: dict[int, np.ndarray],
+    raw_parts: list[pl.DataFrame],
+) -> list[dict[str, Any]]:
+    spec = ENGINE_SPECS[engine_name]
+    batches = engine_settings.batches
+    tolerance = float(settings["tolerance"][spec.precision])
+    baseline = None
+    if spec.device == "cuda":
+        # Free what earlier engines left behind so the baseline is the GPU without this engine
+        # (a full collection is slow with torch and SB3 loaded, so only where it matters).
+        gc.collect()
+        baseline = gpu_memory_used_mb(engine_settings.device_id)
+    engine = make_engine(engine_name, model, engine_settings)
+    start = time.perf_counter()
+    try:
+        first_run = probe(engine, tile_batch(model.samples, batches[0]), references[batches[0]].shape)
+    except EngineUnavailable as exc:
+        engine.close()
+        log.info("%s / %s unavailable: %s", model.name, engine_name, exc)
+        return [_empty_row(model.name, engine_name, b, "unavailable", str(exc)) for b in batches]
+    build_seconds = time.perf_counter() - start
+    rows = []
+    try:
+        for batch in batches:
+            row = _empty_row(model.name, engine_name, batch, "ok", None)
+            try:
+                prep_start = time.perf_counter()
+                run = (
+                    first_run
+                    if batch == batches[0]
+                    else engine.prepare(tile_batch(model.samples, batch), references[batch].shape)
+                )
+                output = run()
+                engine.sync()
+                prepared = time.perf_counter() - prep_start
+                error = rel_l2(output, references[batch])
+                warm_up(
+                    run, int(settings["warmup_iterations"]), float(settings["warmup_ms"]) / 1000, engine.sync
+                )
+                with ResourceSampler(
+                    float(settings["sample_interval_ms"]) / 1000, baseline, engine_settings.device_id
+                ) as sampler:
+                    trials = time_trials(
+                        run, int(settings["iterations"]), int(settings["trials"]), engine.sync
+                    )
+            except Exception as exc:  # the engine ran once but breaks here: a measured failure
+                row.update(status="failed", reason=first_line(exc))
+                rows.append(row)
+                log.warning("%s / %s / batch %d failed: %s", model.name, engine_name, batch, row["reason"])
+                continue
+            summary = summarise(trials, batch)
+            usage = sampler.usage
+            notes = list(usage.notes)
+            if spec.device == "cuda" and usage.vram_mb is None:
+                notes.append("vram_mb not measured: neither NVML nor torch CUDA could read GPU memory")
+            row.update(
+                reason="; ".join(notes) or None,
+                build_seconds=build_seconds + (prepared if batch != batches[0] else 0.0),
+                rel_l2_error=error,
+                tolerance=tolerance,
+                correct=bool(error <= tolerance),
+                latency_mean_ms=summary.mean_ms,
+                latency_p50_ms=summary.p50_ms,
+                latency_p95_ms=summary.p95_ms,
+                latency_p99_ms=summary.p99_ms,
+                throughput_sps=summary.throughput_sps,
+                cpu_util_pct=usage.cpu_util_pct,
+                gpu_util_pct=usage.gpu_util_pct,
+                vram_mb=usage.vram_mb,
+                peak_rss_mb=usage.peak_rss_mb,
+            )
+            rows.append(row)
+            iterations = len(trials[0])
+            raw_parts.append(
+                pl.DataFrame(
+                    {
+                        "model": [model.name] * (iterations * len(trials)),
+                        "engine": [engine_name] * (iterations * len(trials)),
+                        "batch": [batch] * (iterations * len(trials)),
+                        "trial": np.repeat(np.arange(len(trials)), iterations),
+                        "iteration": np.tile(np.arange(iterations), len(trials)),
+                        "latency_ms": np.concatenate(trials),
+                    },
+                    schema=RAW_SCHEMA,
+                )
+            )
+            log.info(
+                "%s / %s / batch %d: p50 %.3f ms, p95 %.3f ms, %.0f samples/s, rel_l2 %.2g",
+                model.name,
+                engine_name,
+                batch,
+                summary.p50_ms,
+                summary.p95_ms,
+                summary.throughput_sps,
+                error,
+            )
+    finally:
+        engine.close()
+    return rows
+
+
+def run_benchmark(
+    models: list[ModelUnderTest], settings: dict[str, Any], *, threads: int, trt_cache_dir: str | Path
+) -> BenchResult:
+    """Measure every engine on every model at every configured batch size."""
+    check_settings(settings, [m.name for m in models])
+    torch.set_num_threads(threads)
+    batches = tuple(sorted({int(b) for b in settings["batches"]}))
+    engine_settings = EngineSettings(threads=threads, batches=batches, trt_cache_dir=Path(trt_cache_dir))
+    rows: list[dict[str, Any]] = []
+    raw_parts: list[pl.DataFrame] = []
+    for model in models:
+        module = model.module.eval()
+        references = {}
+        with torch.inference_mode():
+            for batch in batches:
+                references[batch] = module(torch.from_numpy(tile_batch(model.samples, batch))).float().numpy()
+        for engine_name in settings["engines"]:
+            rows.extend(_measure_engine(model, engine_name, settings, engine_settings, references, raw_parts))
+    raw = pl.concat(raw_parts) if raw_parts else pl.DataFrame(schema=RAW_SCHEMA)
+    return BenchResult(rows=rows, raw=raw)
+
+
+def metrics_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return (
+        pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row") if rows else pl.DataFrame(schema=METRIC_SCHEMA)
+    )
+
+
+def write_outputs(
+    result: BenchResult,
+    settings: dict[str, Any],
+    models: list[str],
+    *,
+    metrics_parquet: str | Path,
+    metrics_csv: str | Path,
+    raw_parquet: str | Path,
+    selection_json: str | Path,
+) -> dict[str, Any]:
+    frame = metrics_frame(result.rows)
+    atomic.write_parquet(metrics_parquet, frame)
+    with atomic.atomic_path(metrics_csv) as tmp:
+        frame.write_csv(tmp)
+    atomic.write_parquet(raw_parquet, result.raw)
+    selection = select_engines(result.rows, settings, models)
+    # JSON cannot hold inf (a non-finite engine output); such a row is already incorrect.
+    for decision in selection["models"].values():
+        for candidate in decision["candidates"]:
+            if candidate["rel_l2_error"] is not None and not np.isfinite(candidate["rel_l2_error"]):
+                candidate["rel_l2_error"] = None
+    atomic.write_json(selection_json, selection)
+    return selection
+
+
+def benchmark_stage(
+    *,
+    forecaster_checkpoint: str | Path,
+    policy_checkpoint: str | Path,
+    forecaster_onnx: str | Path,
+    policy_onnx: str | Path,
+    forecaster_inputs: str | Path,
+    policy_inputs: str | Path,
+    metrics_parquet: str | Path,
+    metrics_csv: str | Path,
+    raw_parquet: str | Path,
+    selection_json: str | Path,
+    trt_cache_dir: str | Path,
+    settings: dict[str, Any],
+    threads: int,
+) -> dict[str, Any]:
+    """The benchmark rule: load both models and their real inputs, measure, select, write."""
+    from trainrelay.export.samples import read_samples
+    from trainrelay.forecast.checkpoint import load_forecaster
+    from trainrelay.policy.model import load_policy
+
+    forecaster, f_meta = load_forecaster(forecaster_checkpoint)
+    policy, p_meta = load_policy(policy_checkpoint)
+    f_shape = (int(f_meta["lookback"]), len(f_meta["channels"]))
+    models = [
+        ModelUnderTest(
+            "forecaster",
+            forecaster,
+            Path(forecaster_onnx),
+            read_samples(forecaster_inputs, f_shape, "forecaster window"),
+        ),
+        ModelUnderTest(
+            "policy",
+            policy,
+            Path(policy_onnx),
+            read_samples(policy_inputs, (int(p_meta["obs_dim"]),), "policy observation"),
+        ),
+    ]
+    result = run_benchmark(models, settings, threads=threads, trt_cache_dir=trt_cache_dir)
+    return write_outputs(
+        result,
+        settings,
+        [m.name for m in models],
+        metrics_parquet=metrics_parquet,
+        metrics_csv=metrics_csv,
+        raw_parquet=raw_parquet,
+        selection_json=selection_json,
+    )

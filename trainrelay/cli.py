@@ -1,0 +1,52 @@
+"""``python -m trainrelay <command>``: the library's commands for people, notebooks and CI.
+
+The workflow's rules call the same library functions through ``scripts/``; these commands exist
+for work outside a Snakemake run (checking a results folder, exporting dashboard state, ...).
+A user error prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from trainrelay import __version__
+from trainrelay.errors import TrainrelayError
+from trainrelay.rulerun import setup_logging
+
+# command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "environment": ("trainrelay.commands.environment", "record the machine (python, torch, CUDA, ORT, TensorRT)"),
+    "acquire": ("trainrelay.commands.acquire", "fetch or generate the raw data of a config"),
+    "check-config": ("trainrelay.commands.check_config", "check a config file against the schema"),
+    "validate": ("trainrelay.commands.validate", "check a results folder against the required-artifact list"),
+    "dashboard": ("trainrelay.commands.dashboard", "export dashboard state (and run history) from a results folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainrelay", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"trainrelay {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(level=10 if args.verbose else 20)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except TrainrelayError as exc:
+        print(f"trainrelay: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

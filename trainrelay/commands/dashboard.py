@@ -1,0 +1,5 @@
+"""``dashboard``: export dashboard state (and run history) from a results folder."""
+
+from trainrelay.dashboard import add_arguments, run_dashboard as run
+
+__all__ = ["add_arguments", "run"]

@@ -1,0 +1,5 @@
+"""``validate``: check a results folder against the required-artifact checklist."""
+
+from trainrelay.validate import add_arguments, run_validate as run
+
+__all__ = ["add_arguments", "run"]

@@ -1,0 +1,65 @@
+"""The ``acquire`` stage: dispatch on ``config["source"]`` and list the files it writes.
+
+:func:`raw_targets` is what the Snakefile declares as the rule's outputs, so it is pure, fast and
+lists exactly the files :func:`acquire` writes, relative to the raw root ``data/raw/<source>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trainrelay.data import binance, files_source, synthetic
+from trainrelay.data.events import EVENTS_RELPATH, empty_events, normalise_events, write_events
+from trainrelay.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "binance", "files")
+
+
+def _source(config: dict) -> str:
+    source = config.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"source: '{source}' is not one of {', '.join(SOURCES)}")
+    return source
+
+
+def raw_targets(config: dict) -> list[str]:
+    """Every file :func:`acquire` writes, relative to the raw root, sorted."""
+    source = _source(config)
+    if source == "synthetic":
+        return synthetic.synthetic_relpaths(config)
+    if source == "binance":
+        paths = binance.binance_relpaths(config)
+    else:
+        paths = [files_source.series_relpath(config["files"]["symbol"])]
+    return sorted([*paths, EVENTS_RELPATH])
+
+
+def _user_events(config: dict, raw_root: Path) -> None:
+    """``events.path`` normalised to events/events.csv, or the header-only file when it is null."""
+    path = (config.get("events") or {}).get("path")
+    frame = normalise_events(path) if path else empty_events()
+    write_events(raw_root / EVENTS_RELPATH, frame)
+    log.info("events: %d text event(s)%s", frame.height, f" from {path}" if path else " (none configured)")
+
+
+def acquire(config: dict, raw_root: str | Path) -> None:
+    """Write the raw data of the configured source under ``raw_root``."""
+    source = _source(config)
+    raw_root = Path(raw_root)
+    expected = raw_targets(config)  # validates the config before any work
+    if source == "synthetic":
+        if (config.get("events") or {}).get("path"):
+            log.warning("events.path is ignored with source: synthetic, which writes its own headlines")
+        synthetic.generate(config, raw_root)
+    elif source == "binance":
+        binance.download(config, raw_root)
+        _user_events(config, raw_root)
+    else:
+        files_source.acquire_files(config["files"], raw_root)
+        _user_events(config, raw_root)
+    missing = [p for p in expected if not (raw_root / p).is_file()]
+    if missing:  # raw_targets and the writers disagree: a bug, not a user error
+        raise RuntimeError(f"acquire did not write {len(missing)} declared file(s), e.g. {missing[0]}")

@@ -1,0 +1,83 @@
+"""Text events (headlines): ``events/events.csv`` with header ``timestamp,symbol,text``.
+
+``timestamp`` is epoch milliseconds (UTC), ``symbol`` a symbol or ``*`` for market-wide news.
+Rows are sorted by (timestamp, symbol, text) so the same events always give the same bytes.
+Absent events are a file with the header only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from trainrelay.atomic import write_text
+from trainrelay.data.files_source import parse_timestamps, read_table
+from trainrelay.errors import DataError
+
+EVENTS_RELPATH = "events/events.csv"
+EVENT_COLUMNS = ["timestamp", "symbol", "text"]
+MARKET_WIDE = "*"
+_SCHEMA = {"timestamp": pl.Datetime("ms", "UTC"), "symbol": pl.String, "text": pl.String}
+
+
+def empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema=_SCHEMA)
+
+
+def events_to_csv(frame: pl.DataFrame) -> str:
+    """Serialise events (timestamp as Datetime(ms, UTC)) to the canonical CSV text."""
+    out = (
+        frame.select(EVENT_COLUMNS)
+        .sort(EVENT_COLUMNS, maintain_order=True)
+        .with_columns(pl.col("timestamp").dt.epoch("ms"))
+    )
+    return out.write_csv(include_header=True, quote_style="necessary")
+
+
+def write_events(target: str | Path, frame: pl.DataFrame) -> None:
+    write_text(target, events_to_csv(frame))
+
+
+def read_events(path: str | Path) -> pl.DataFrame:
+    """Read an ``events.csv``: timestamp Datetime(ms, UTC), symbol, text."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: events file not found; run the acquire rule first")
+    try:
+        frame = pl.read_csv(
+            path, schema_overrides={"timestamp": pl.Int64, "symbol": pl.String, "text": pl.String}
+        )
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"{path}: cannot read events CSV ({str(exc).strip().splitlines()[0]})") from None
+    if frame.columns != EVENT_COLUMNS:
+        raise DataError(f"{path}: header must be 'timestamp,symbol,text', found '{','.join(frame.columns)}'")
+    return frame.with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
+
+
+def normalise_events(path: str | Path, where: str = "events.path") -> pl.DataFrame:
+    """Read user events (CSV/parquet with timestamp, text and optionally symbol) into the canonical form.
+
+    A missing ``symbol`` column means market-wide news (``*``).
+    """
+    frame = read_table(path, where)
+    source = f"{where} '{path}'"
+    frame = frame.rename({c: c.strip().lower() for c in frame.columns})
+    missing = [c for c in ("timestamp", "text") if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {', '.join(missing)} missing; "
+            "events need timestamp, text and optionally symbol"
+        )
+    if "symbol" not in frame.columns:
+        frame = frame.with_columns(pl.lit(MARKET_WIDE).alias("symbol"))
+    stamps = parse_timestamps(frame["timestamp"], f"{source} column 'timestamp'")
+    out = frame.select(
+        stamps.alias("timestamp"),
+        pl.col("symbol").cast(pl.String).fill_null(MARKET_WIDE).str.strip_chars(),
+        pl.col("text").cast(pl.String).str.strip_chars(),
+    )
+    empty = out["text"].is_null() | (out["text"] == "")
+    if empty.any():
+        raise DataError(f"{source}: empty text in row {empty.arg_true()[0] + 1}; remove the row or fill it")
+    return out.sort(EVENT_COLUMNS, maintain_order=True)

@@ -1,0 +1,83 @@
+"""The export_onnx stage: both checkpoints to ONNX, parity on real inputs, one parity report.
+
+Writes ``forecaster.onnx``, ``policy.onnx``, ``onnx_parity.json`` and the real inputs used
+(``forecaster_inputs.npy``, ``policy_inputs.npy``), which the benchmark stage reuses so that its
+correctness check runs on the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainrelay import atomic
+from trainrelay.export.onnx_export import export_with_parity
+from trainrelay.export.samples import forecaster_windows, policy_observations, write_samples
+
+log = logging.getLogger(__name__)
+
+
+def export_stage(
+    *,
+    forecaster_checkpoint: str | Path,
+    policy_checkpoint: str | Path,
+    features: str | Path,
+    scaler: str | Path,
+    segments: str | Path,
+    forecasts: str | Path,
+    text: str | Path | None,
+    forecaster_onnx: str | Path,
+    policy_onnx: str | Path,
+    parity_json: str | Path,
+    forecaster_inputs: str | Path,
+    policy_inputs: str | Path,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Run the whole stage; ``settings`` is the config's ``benchmark.export`` section."""
+    from trainrelay.forecast.checkpoint import load_forecaster
+    from trainrelay.policy.model import load_policy
+
+    torch.manual_seed(0)  # export traces deterministically; nothing here is random, but be explicit
+    count = int(settings["samples"])
+    opset = int(settings["opset"])
+    batches = tuple(int(b) for b in settings["parity_batches"])
+
+    forecaster, f_meta = load_forecaster(forecaster_checkpoint)
+    f_samples = forecaster_windows(features, scaler, f_meta, count)
+    policy, p_meta = load_policy(policy_checkpoint)
+    paths = {"features": features, "scaler": scaler, "segments": segments, "forecasts": forecasts, "text": text}
+    p_samples = policy_observations(policy, p_meta, paths, count)
+
+    report = {
+        "forecaster": export_with_parity(
+            forecaster,
+            f_samples,
+            forecaster_onnx,
+            tolerance=float(settings["tolerance"]),
+            opset=opset,
+            batch_sizes=batches,
+        ),
+        "policy": export_with_parity(
+            policy,
+            p_samples,
+            policy_onnx,
+            tolerance=float(settings["tolerance"]),
+            opset=opset,
+            batch_sizes=batches,
+        ),
+    }
+    write_samples(forecaster_inputs, f_samples)
+    write_samples(policy_inputs, p_samples)
+    atomic.write_json(parity_json, report)
+    for name, entry in report.items():
+        log.info(
+            "%s: rel_l2 %.3g, max_abs_err %.3g (tolerance %g)",
+            name,
+            entry["rel_l2"],
+            entry["max_abs_err"],
+            entry["tolerance"],
+        )
+    return report

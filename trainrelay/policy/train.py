@@ -1,0 +1,330 @@
+"""Train the PPO trading policy (Stable-Baselines3) on fold ``policy.fold``'s train episodes, resumably.
+
+Resume works like the forecaster's: at every rollout boundary (after PPO's update on the previous
+rollout, the only point where PPO's state is consistent) the model with its optimizer, the
+timesteps done, the mid-episode state and RNG of every env, the global RNGs and the loss rows so far
+go to a :class:`~trainrelay.checkpointing.StateStore` under ``<state_dir>``. A rerun with the same
+config and inputs continues from the newest state and ends with the same model an uninterrupted
+run would have produced. A time budget stops at the next boundary check and raises
+:class:`~trainrelay.errors.BudgetExhausted`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from trainrelay.atomic import write_text
+from trainrelay.checkpointing import StateStore, TimeBudget
+from trainrelay.errors import BudgetExhausted, ConfigError, DataError
+from trainrelay.fingerprint import config_fingerprint, file_sha256
+from trainrelay.policy.env import TradingEnv
+from trainrelay.policy.inputs import load_inputs
+from trainrelay.policy.model import save_policy
+from trainrelay.policy.observations import (
+    ObservationSpec,
+    build_series,
+    episode_index_ranges,
+    fit_spec,
+    split_ranges,
+)
+
+log = logging.getLogger(__name__)
+
+LOSS_COLUMNS = [
+    "timesteps",
+    "episode_reward",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "seconds",
+]
+
+
+# The ablation variants the lead runs through a {variant} wildcard.
+VARIANTS = {
+    "full": {"forecasts": True, "text": True},
+    "no_forecast": {"forecasts": False, "text": True},
+    "no_text": {"forecasts": True, "text": False},
+}
+
+
+def observation_for(config: dict[str, Any], variant: str | None) -> dict[str, bool]:
+    """The observation flags of an ablation variant; the config's own flags when ``variant`` is None."""
+    if variant is None:
+        return dict(config["policy"]["observation"])
+    if variant not in VARIANTS:
+        raise ConfigError(f"ablation variant '{variant}' is not one of {', '.join(VARIANTS)}")
+    return dict(VARIANTS[variant])
+
+
+def default_state_dir(config: dict[str, Any], variant: str | None = None) -> Path:
+    """``<checkpoint.state_dir or results/<run>/state>/train_policy[/<variant>]``."""
+    root = config["checkpoint"].get("state_dir") or Path("results") / config["run"] / "state"
+    path = Path(root) / "train_policy"
+    return path / variant if variant else path
+
+
+def make_vec_env(env_fns: list, kind: str) -> VecEnv:
+    if kind == "subproc" and len(env_fns) > 1:
+        return SubprocVecEnv(env_fns)
+    return DummyVecEnv(env_fns)
+
+
+def _ppo_kwargs(ppo: dict[str, Any]) -> dict[str, Any]:
+    arch = list(ppo["net_arch"])
+    return {
+        "n_steps": ppo["n_steps"],
+        "batch_size": ppo["batch_size"],
+        "n_epochs": ppo["n_epochs"],
+        "learning_rate": ppo["learning_rate"],
+        "gamma": ppo["gamma"],
+        "gae_lambda": ppo["gae_lambda"],
+        "clip_range": ppo["clip_range"],
+        "ent_coef": ppo["ent_coef"],
+        "vf_coef": ppo["vf_coef"],
+        "max_grad_norm": ppo["max_grad_norm"],
+        "policy_kwargs": {"net_arch": {"pi": arch, "vf": arch}, "log_std_init": ppo["log_std_init"]},
+    }
+
+
+class _StateCallback(BaseCallback):
+    """Records a loss row and saves the resumable state at every rollout boundary; enforces the budget."""
+
+    def __init__(
+        self, save_state: Any, budget: TimeBudget, rows: list[dict], seconds_before: float, done: int
+    ):
+        super().__init__()
+        self._save_state = save_state
+        self._budget = budget
+        self.rows = rows
+        self._seconds_before = seconds_before
+        self._started = time.monotonic()
+        self._last_boundary = done
+        self.budget_hit = False
+
+    def seconds(self) -> float:
+        return self._seconds_before + time.monotonic() - self._started
+
+    def _record_row(self) -> None:
+        values = self.model.logger.name_to_value
+        episodes = [info["r"] for info in self.model.ep_info_buffer or []]
+        self.rows.append(
+            {
+                "timesteps": int(self.model.num_timesteps),
+                "episode_reward": float(np.mean(episodes)) if episodes else None,
+                "policy_loss": float(values["train/policy_gradient_loss"]),
+                "value_loss": float(values["train/value_loss"]),
+                "entropy": -float(values["train/entropy_loss"]),
+                "approx_kl": float(values["train/approx_kl"]),
+                "clip_fraction": float(values["train/clip_fraction"]),
+                "explained_variance": float(values["train/explained_variance"]),
+                "seconds": round(self.seconds(), 3),
+            }
+        )
+
+    def _boundary(self) -> None:
+        if self.model.num_timesteps <= self._last_boundary:
+            return  # the boundary a resumed run starts at was recorded before the kill
+        self._last_boundary = self.model.num_timesteps
+        self._record_row()
+        self._save_state(self.model, self.rows, self.seconds())
+        self._budget.mark_saved()
+
+    def _on_rollout_start(self) -> None:
+        # here PPO has finished its update on the previous rollout: a consistent point to save
+        self._boundary()
+        if self._budget.exhausted():
+            self.budget_hit = True
+
+    def _on_step(self) -> bool:
+        if not self.budget_hit and self._budget.exhausted():
+            self.budget_hit = True  # the partial rollout is dropped; the last boundary state is kept
+        return not self.budget_hit
+
+    def _on_training_end(self) -> None:
+        if not self.budget_hit:
+            self._boundary()
+
+
+def _capture(model: PPO, venv: VecEnv, rows: list[dict], seconds: float) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return {
+        "model": buffer.getvalue(),
+        "num_timesteps": int(model.num_timesteps),
+        "episode_num": int(model._episode_num),
+        "last_obs": np.array(model._last_obs, copy=True),
+        "last_episode_starts": np.array(model._last_episode_starts, copy=True),
+        "ep_info_buffer": list(model.ep_info_buffer or []),
+        "env_states": venv.env_method("get_state"),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rows": list(rows),
+        "seconds": seconds,
+    }
+
+
+def _restore(state: dict[str, Any], venv: VecEnv, device: torch.device) -> PPO:
+    model = PPO.load(io.BytesIO(state["model"]), env=venv, device=device)
+    model.num_timesteps = state["num_timesteps"]
+    model._episode_num = state["episode_num"]
+    model._last_obs = state["last_obs"]
+    model._last_episode_starts = state["last_episode_starts"]
+    model.ep_info_buffer = collections.deque(state["ep_info_buffer"], maxlen=model._stats_window_size)
+    model.ep_success_buffer = collections.deque(maxlen=model._stats_window_size)
+    for index, env_state in enumerate(state["env_states"]):
+        venv.env_method("set_state", env_state, indices=[index])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return model
+
+
+def _write_loss_csv(rows: list[dict], target: str | Path) -> None:
+    frame = pl.DataFrame(rows, schema={c: pl.Float64 for c in LOSS_COLUMNS}).with_columns(
+        pl.col("timesteps").cast(pl.Int64)
+    )
+    buffer = io.StringIO()
+    frame.write_csv(buffer, float_precision=8)
+    write_text(target, buffer.getvalue())
+
+
+def _resolve_device(requested: str) -> torch.device:
+    from trainrelay.devices import resolve_device
+
+    return resolve_device(requested)
+
+
+def prepare(
+    paths: dict[str, str | Path | None], policy_cfg: dict[str, Any], observation: dict[str, bool]
+) -> tuple[ObservationSpec, list, list[tuple[int, int, int]]]:
+    """Fit the observation recipe and build the train episodes of ``policy.fold``."""
+    inputs = load_inputs(
+        paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths.get("text")
+    )
+    if observation["text"] and inputs.text is None:
+        raise DataError(
+            "policy.observation.text is true but no text_embeddings.parquet was given; set it false"
+        )
+    fold = int(policy_cfg["fold"])
+    spec = fit_spec(inputs, fold, observation, policy_cfg["text"])
+    series = build_series(inputs, spec, policy_cfg["funding_every_hours"])
+    episodes = episode_index_ranges(series, split_ranges(inputs.segments, fold, "train"))
+    if not episodes:
+        raise DataError(f"fold {fold} has no train episode of two or more bars; check segments.episode_bars")
+    return spec, series, episodes
+
+
+def train_policy(
+    paths: dict[str, str | Path | None],
+    policy_out: str | Path,
+    loss_out: str | Path,
+    config: dict[str, Any],
+    state_dir: str | Path,
+    observation: dict[str, bool] | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Train (or resume) PPO and write ``policy_out`` (zip with meta) and ``loss_out`` (CSV).
+
+    ``paths``: features, scaler, segments, forecasts, text (None: no text file). ``observation``
+    overrides ``config["policy"]["observation"]`` (the ablation variants).
+    """
+    from trainrelay import tracking
+
+    policy_cfg = config["policy"]
+    ppo_cfg = policy_cfg["ppo"]
+    observation = dict(observation if observation is not None else policy_cfg["observation"])
+    seed = int(config["seed"])
+    total = int(ppo_cfg["total_timesteps"])
+    per_rollout = int(ppo_cfg["n_steps"]) * int(ppo_cfg["n_envs"])
+    if total % per_rollout:
+        raise ConfigError(
+            f"policy.ppo.total_timesteps ({total}) must be a multiple of n_steps x n_envs ({per_rollout}) "
+            "so that training stops exactly there"
+        )
+    torch.set_num_threads(max(1, int(threads)))
+    device = _resolve_device(policy_cfg["device"])
+
+    spec, series, episodes = prepare(paths, policy_cfg, observation)
+    cost, scale = float(policy_cfg["trading_cost"]), float(policy_cfg["reward_scale"])
+    env_fns = [(lambda: TradingEnv(series, episodes, cost, scale)) for _ in range(int(ppo_cfg["n_envs"]))]
+    venv = make_vec_env(env_fns, ppo_cfg["vec_env"])
+
+    inputs_hash = {k: file_sha256(v) for k, v in sorted(paths.items()) if v is not None}
+    fingerprint = config_fingerprint(
+        {"policy": policy_cfg, "observation": observation, "seed": seed, "inputs": inputs_hash}
+    )
+    store = StateStore(state_dir, fingerprint, keep=int(config["checkpoint"]["keep"]))
+    budget = TimeBudget(
+        every_minutes=float(config["checkpoint"]["every_minutes"]),
+        budget_minutes=config["checkpoint"]["time_budget_minutes"],
+    )
+    state = store.latest()
+    try:
+        if state is not None:
+            model = _restore(state, venv, device)
+            rows, seconds_before = list(state["rows"]), float(state["seconds"])
+            log.info("resumed PPO at %d of %d timesteps", model.num_timesteps, total)
+        else:
+            model = PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0, **_ppo_kwargs(ppo_cfg))
+            rows, seconds_before = [], 0.0
+
+        def save_state(m: PPO, r: list[dict], seconds: float) -> None:
+            store.save(_capture(m, venv, r, seconds), step=int(m.num_timesteps))
+
+        callback = _StateCallback(save_state, budget, rows, seconds_before, int(model.num_timesteps))
+        remaining = max(0, total - int(model.num_timesteps))
+        with tracking.start(config, stage="policy") as tracker:
+            tracker.log_params({"observation": observation, **ppo_cfg, "seed": seed})
+            if remaining > 0:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=callback,
+                    log_interval=None,
+                    reset_num_timesteps=state is None,
+                )
+            if callback.budget_hit and store.latest() is None:
+                raise BudgetExhausted(
+                    f"time budget of {budget.budget_minutes} min ran out before the first PPO rollout "
+                    "finished, so there is nothing to resume; raise checkpoint.time_budget_minutes"
+                )
+            if callback.budget_hit:
+                raise BudgetExhausted(
+                    f"time budget of {budget.budget_minutes} min reached after {callback._last_boundary} of "
+                    f"{total} PPO timesteps; state saved to {state_dir} — rerun the same command to resume"
+                )
+            for row in callback.rows:
+                tracker.log_metrics({k: v for k, v in row.items() if v is not None}, step=row["timesteps"])
+            meta = {
+                "obs_dim": spec.obs_dim,
+                "observation": observation,
+                "feature_names": spec.names(),
+                "spec": spec.to_dict(),
+                "trading_cost": cost,
+                "reward_scale": scale,
+                "funding_every_hours": policy_cfg["funding_every_hours"],
+                "timesteps": int(model.num_timesteps),
+                "seed": seed,
+            }
+            save_policy(model, meta, policy_out)
+            _write_loss_csv(callback.rows, loss_out)
+            tracker.log_artifact(policy_out)
+            tracker.log_artifact(loss_out)
+    finally:
+        venv.close()
+    return {"timesteps": int(model.num_timesteps), "seconds": callback.seconds(), "rows": len(callback.rows)}

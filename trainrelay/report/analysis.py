@@ -1,0 +1,282 @@
+"""The report's derived numbers: data summary, metrics vs baselines, engine deltas vs the baseline
+engine, constraint evaluation and recommendations. Pure functions of the parsed inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from trainrelay.report.inputs import FORECAST_METRICS, POLICY_METRICS, RunInputs
+from trainrelay.report.values import finite, records
+
+ENGINE_KEYS = ("model", "engine", "device", "precision", "batch")
+
+
+def data_summary(inputs: RunInputs) -> dict[str, Any]:
+    manifest = inputs.manifest
+    by_kind = (
+        manifest.group_by("kind", "symbol", "interval", maintain_order=False)
+        .agg(
+            pl.len().alias("files"),
+            pl.col("rows").sum(),
+            pl.col("gaps").sum(),
+            pl.col("bytes").sum(),
+            pl.col("first_ts").min().alias("first"),
+            pl.col("last_ts").max().alias("last"),
+        )
+        .sort("kind", "symbol", "interval", nulls_last=True)
+    )
+    segments = (
+        inputs.segments.group_by("fold", "split")
+        .agg(
+            pl.len().alias("episodes"),
+            pl.col("rows").sum(),
+            pl.col("start").min(),
+            pl.col("end").max(),
+        )
+        .with_columns(
+            pl.col("split").replace_strict({"train": 0, "val": 1, "test": 2}, default=3).alias("_order")
+        )
+        .sort("fold", "_order", "split")
+        .drop("_order")
+    )
+    return {
+        "files": manifest.height,
+        "symbols": sorted(manifest["symbol"].drop_nulls().unique().to_list()),
+        "kinds": sorted(manifest["kind"].drop_nulls().unique().to_list()),
+        "rows": int(manifest["rows"].sum()),
+        "bytes": int(manifest["bytes"].sum()),
+        "gaps": int(manifest["gaps"].sum()),
+        "first_ts": manifest["first_ts"].min(),
+        "last_ts": manifest["last_ts"].max(),
+        "by_kind": records(by_kind),
+        "folds": int(inputs.segments["fold"].n_unique()),
+        "segments": records(segments),
+    }
+
+
+def _model_order(name: str) -> tuple[int, str]:
+    return (2 if name == "naive" else 0 if name == "patchtst" else 1, name)
+
+
+def forecast_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model with its change in test MSE/MAE vs the naive baseline (negative = better)."""
+    models = metrics["models"]
+    naive = models["naive"]
+    rows = []
+    for name in sorted(models, key=_model_order):
+        row: dict[str, Any] = {"model": name, **{key: models[name].get(key) for key in FORECAST_METRICS}}
+        for key in ("test_mse", "test_mae"):
+            base, value = naive.get(key), row[key]
+            row[f"{key}_vs_naive_pct"] = (
+                (value - base) / base * 100.0 if finite(base) and finite(value) and base != 0 else None
+            )
+        rows.append(row)
+    return rows
+
+
+def policy_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    strategies = metrics["strategies"]
+    order = {"policy": 0, "buy_and_hold": 1, "forecast_sign": 2, "flat": 3}
+    return [
+        {"strategy": name, **{key: strategies[name].get(key) for key in POLICY_METRICS}}
+        for name in sorted(strategies, key=lambda n: (order.get(n, 9), n))
+    ]
+
+
+def _norm(text: Any) -> str:
+    return str(text).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def engine_label(row: dict[str, Any]) -> str:
+    return f"{row['engine']} · {row['device']} · {row['precision']} · batch {row['batch']}"
+
+
+def benchmark_rows(benchmark: pl.DataFrame) -> list[dict[str, Any]]:
+    return records(benchmark.sort("model", "engine", "device", "precision", "batch", "status"))
+
+
+def engine_deltas(rows: list[dict[str, Any]], baseline: dict[str, str]) -> list[dict[str, Any]]:
+    """Each measured row against the baseline engine's row for the same model and batch.
+
+    ``speedup_p50`` > 1 means faster than the baseline; ``rss_delta_mb`` > 0 means more memory.
+    """
+    ok = [row for row in rows if row["status"] == "ok"]
+
+    def is_base(row: dict[str, Any]) -> bool:
+        return _norm(row["engine"]) == _norm(baseline["engine"]) and _norm(row["device"]) == _norm(
+            baseline["device"]
+        )
+
+    out = []
+    for row in ok:
+        bases = [b for b in ok if is_base(b) and b["model"] == row["model"] and b["batch"] == row["batch"]]
+        bases.sort(key=lambda b: (_norm(b["precision"]) != _norm(baseline["precision"]), str(b["precision"])))
+        base = bases[0] if bases else None
+        delta: dict[str, Any] = {key: row[key] for key in ENGINE_KEYS}
+        delta["is_baseline"] = base is row
+        delta["baseline"] = engine_label(base) if base else None
+
+        def ratio(num: Any, den: Any) -> float | None:
+            return num / den if finite(num) and finite(den) and den != 0 else None
+
+        delta["latency_p50_ms"] = row["latency_p50_ms"]
+        delta["speedup_p50"] = ratio(base["latency_p50_ms"], row["latency_p50_ms"]) if base else None
+        delta["speedup_p95"] = ratio(base["latency_p95_ms"], row["latency_p95_ms"]) if base else None
+        delta["throughput_ratio"] = ratio(row["throughput_sps"], base["throughput_sps"]) if base else None
+        delta["rss_delta_mb"] = (
+            row["peak_rss_mb"] - base["peak_rss_mb"]
+            if base and finite(row["peak_rss_mb"]) and finite(base["peak_rss_mb"])
+            else None
+        )
+        delta["note"] = None if base else "no baseline row for this model and batch"
+        out.append(delta)
+    return out
+
+
+def configured_constraints(selection: dict[str, Any]) -> dict[str, Any]:
+    """``selection.json["constraints"]["configured"]``: ``{metric: {"min"|"max": x}}``."""
+    constraints = selection.get("constraints") or {}
+    configured = constraints.get("configured", {}) if isinstance(constraints, dict) else {}
+    return configured if isinstance(configured, dict) else {}
+
+
+def _check_note(check: dict[str, Any]) -> str:
+    if check["note"]:
+        return str(check["note"])
+    return f"measured {check['value']:.4g}" if finite(check["value"]) else str(check["value"])
+
+
+def evaluate_constraints(rows: list[dict[str, Any]], selection: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every benchmark row against the constraints the selection used, with the benchmark's own
+    checker (trainrelay.bench.constraints), so the report cannot disagree with the choice."""
+    from trainrelay.bench.constraints import check_row
+
+    configured = configured_constraints(selection)
+    out = []
+    for row in rows:
+        checks = check_row(row, configured)
+        notes = [f"{c['constraint']}: {_check_note(c)}" for c in checks if not c["passed"]]
+        out.append(
+            {
+                **{key: row[key] for key in ENGINE_KEYS},
+                "status": row["status"],
+                "checks": [
+                    {"constraint": c["constraint"], "passed": bool(c["passed"]), "note": c["note"]}
+                    for c in checks
+                ],
+                "meets_all": all(c["passed"] for c in checks),
+                "notes": notes,
+            }
+        )
+    return out
+
+
+def _chosen_key(chosen: dict[str, Any] | None) -> tuple[str, ...] | None:
+    if not chosen:
+        return None
+    return tuple(_norm(chosen.get(key)) for key in ("engine", "device", "precision", "batch"))
+
+
+def chosen_engines(inputs: RunInputs, deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The selection's choice per model with its measured row and speed-up vs the baseline."""
+    out = []
+    rows = benchmark_rows(inputs.benchmark)
+    for model, entry in sorted(inputs.selection["models"].items()):
+        entry = entry or {}
+        chosen = entry.get("chosen")
+        key = _chosen_key(chosen)
+        measured = next(
+            (r for r in rows if r["model"] == model and r["status"] == "ok" and
+             tuple(_norm(r[k]) for k in ("engine", "device", "precision", "batch")) == key),
+            None,
+        )  # fmt: skip
+        delta = next(
+            (d for d in deltas if d["model"] == model and
+             tuple(_norm(d[k]) for k in ("engine", "device", "precision", "batch")) == key),
+            None,
+        )  # fmt: skip
+        out.append(
+            {
+                "model": model,
+                "chosen": chosen,
+                "label": engine_label({**{k: "?" for k in ENGINE_KEYS}, **chosen}) if chosen else None,
+                "measured": measured,
+                "speedup_p50": delta["speedup_p50"] if delta else None,
+                "baseline": delta["baseline"] if delta else None,
+                "reasoning": [str(line) for line in entry.get("reasoning", [])],
+            }
+        )
+    return out
+
+
+def recommendations(
+    inputs: RunInputs,
+    forecast: list[dict[str, Any]],
+    policy: list[dict[str, Any]],
+    chosen: list[dict[str, Any]],
+) -> list[str]:
+    """Plain sentences derived from the numbers; each names what to do next."""
+    out: list[str] = []
+    for entry in chosen:
+        if entry["chosen"] is None:
+            out.append(
+                f"No engine met every constraint for the {entry['model']}: relax the constraints in "
+                "config `benchmark` or run the benchmark on a machine with the missing engines."
+            )
+        elif finite(entry["speedup_p50"]) and entry["speedup_p50"] > 1.0:
+            out.append(
+                f"Deploy the {entry['model']} with {entry['label']}: "
+                f"{entry['speedup_p50']:.2f}× the baseline's "
+                "median-latency speed."
+            )
+        elif entry["measured"] is not None:
+            out.append(
+                f"Deploy the {entry['model']} with {entry['label']} (no faster engine met the constraints)."
+            )
+    best = next((row for row in forecast if row["model"] != "naive"), None)
+    if best is not None and finite(best["test_mse_vs_naive_pct"]):
+        if best["test_mse_vs_naive_pct"] >= 0:
+            out.append(
+                f"The {best['model']} forecaster does not beat the naive baseline on test MSE "
+                f"({best['test_mse_vs_naive_pct']:+.1f} %): do not trade on its forecasts; "
+                "revisit features or lookback."
+            )
+        else:
+            out.append(
+                f"The {best['model']} forecaster improves test MSE by "
+                f"{-best['test_mse_vs_naive_pct']:.1f} % over naive."
+            )
+    by_name = {row["strategy"]: row for row in policy}
+    mine, hold = by_name["policy"]["sharpe"], by_name["buy_and_hold"]["sharpe"]
+    if finite(mine) and finite(hold):
+        if mine <= hold:
+            out.append(
+                f"The policy's Sharpe ({mine:.2f}) does not beat buy-and-hold ({hold:.2f}) "
+                "on the walk-forward "
+                "test: keep it in paper trading."
+            )
+        else:
+            out.append(
+                f"The policy's Sharpe ({mine:.2f}) beats buy-and-hold ({hold:.2f}) on the walk-forward test."
+            )
+    for model in ("forecaster", "policy"):
+        if inputs.onnx_parity[model].get("passed") is not True:
+            out.append(
+                f"ONNX parity failed for the {model}: do not deploy its ONNX file; check export_onnx's log."
+            )
+    rows = benchmark_rows(inputs.benchmark)
+    unavailable = sorted(
+        {(r["engine"], r["status"], r["reason"] or "no reason recorded") for r in rows if r["status"] != "ok"}
+    )
+    for engine, status, reason in unavailable:
+        out.append(
+            f"{engine} was {'not measured' if status == 'unavailable' else 'tried and failed'}: {reason}."
+        )
+    if inputs.policy_metrics.get("ablations") is None:
+        out.append(
+            "Ablations were not run; enable them to see what the forecast and text features contribute."
+        )
+    return out
