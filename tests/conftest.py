@@ -51,10 +51,12 @@ def write_config(workdir: Path, overrides: dict | None = None, name: str = "test
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(
-        [SNAKEMAKE, "-j1", *args],
+        [SNAKEMAKE, "-j1", *args],  # targets go before --configfile, which takes several values
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -62,7 +64,9 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from trainrelay.bench.engines import ENGINE_SPECS, EngineSettings, EngineUnavailable, ModelUnderTest, make_engine, probe
+from trainrelay.bench.engines import (
+    ENGINE_SPECS,
+    EngineSettings,
+    EngineUnavailable,
+    ModelUnderTest,
+    make_engine,
+    probe,
+)
 from trainrelay.bench.runner import METRIC_SCHEMA, run_benchmark, tile_batch, write_outputs
 from trainrelay.export import export_module
 
@@ -66,7 +73,9 @@ def test_ort_gpu_providers_are_probed_by_running_not_listing(policy, tmp_path, n
     with pytest.raises(EngineUnavailable) as caught:
         probe(make_engine(name, policy, _settings(tmp_path)), policy.samples[:1], (1, 1))
     message = str(caught.value)
-    assert message.startswith(f"{provider}ExecutionProvider is not in this onnxruntime {ort.__version__} build")
+    assert message.startswith(
+        f"{provider}ExecutionProvider is not in this onnxruntime {ort.__version__} build"
+    )
     assert "make setup-gpu" in message and "\n" not in message
 
 
@@ -94,20 +103,31 @@ def test_runner_measures_available_engines_and_marks_the_rest(policy, tmp_path):
             assert r["gpu_util_pct"] is None and r["vram_mb"] is None
         if not HAS_CUDA:
             r = by_key[("torch_cuda_graph", batch)]
-            assert r["status"] == "unavailable" and r["latency_p95_ms"] is None and "no CUDA device" in r["reason"]
+            assert (
+                r["status"] == "unavailable"
+                and r["latency_p95_ms"] is None
+                and "no CUDA device" in r["reason"]
+            )
     assert by_key[("torch_eager_cpu", 1)]["rel_l2_error"] == 0.0  # the reference itself
     ok = [r for r in result.rows if r["status"] == "ok"]
     assert result.raw.height == len(ok) * 6 * 3
     assert result.raw.group_by("engine", "batch").len()["len"].to_list() == [18] * len(ok)
 
-    paths = {k: tmp_path / f for k, f in [("m", "metrics.parquet"), ("c", "metrics.csv"), ("r", "raw.parquet"),
-                                          ("s", "selection.json")]}  # fmt: skip
+    names = {"m": "metrics.parquet", "c": "metrics.csv", "r": "raw.parquet", "s": "selection.json"}
+    paths = {k: tmp_path / f for k, f in names.items()}
     write_outputs(result, SETTINGS, ["policy"], metrics_parquet=paths["m"], metrics_csv=paths["c"],
                   raw_parquet=paths["r"], selection_json=paths["s"])  # fmt: skip
     metrics = pl.read_parquet(paths["m"])
     assert metrics.columns == list(METRIC_SCHEMA) and metrics.height == len(result.rows)
     assert pl.read_csv(paths["c"]).height == metrics.height
-    assert pl.read_parquet(paths["r"]).columns == ["model", "engine", "batch", "trial", "iteration", "latency_ms"]
+    assert pl.read_parquet(paths["r"]).columns == [
+        "model",
+        "engine",
+        "batch",
+        "trial",
+        "iteration",
+        "latency_ms",
+    ]
     selection = json.loads(paths["s"].read_text())
     chosen = selection["models"]["policy"]["chosen"]
     measured = metrics.filter(pl.col("status") == "ok")
@@ -126,3 +146,16 @@ def test_gpu_engines_run_and_are_correct(policy, tmp_path):
     for r in result.rows:
         assert r["status"] == "ok", r
         assert r["correct"] is True and r["vram_mb"] is not None
+
+
+def test_iobinding_runner_copies_in_and_out_each_call(policy):
+    # The CUDA engines' IO-binding path, exercised with CPU buffers (the same ONNX Runtime API).
+    from trainrelay.bench.engines import iobinding_runner
+
+    session = ort.InferenceSession(str(policy.onnx_path), providers=["CPUExecutionProvider"])
+    batch = tile_batch(policy.samples, 4)
+    run, _keep = iobinding_runner(ort, session, batch, (4, 1), "cpu")
+    expected = session.run(None, {"x": batch})[0]
+    np.testing.assert_allclose(run(), expected, rtol=1e-6)
+    batch[:] = batch[::-1].copy()  # new values in the same host array are picked up by the next call
+    np.testing.assert_allclose(run(), session.run(None, {"x": batch})[0], rtol=1e-6)

@@ -8,11 +8,20 @@ from trainrelay.bench.constraints import check_row, validate_constraints
 from trainrelay.bench.select import select_engines, select_model
 from trainrelay.errors import ConfigError
 
-ORDER = ["torch_eager_cpu", "torch_eager_cuda", "torch_cuda_graph", "ort_cpu", "ort_cuda", "ort_tensorrt_fp16"]
+ORDER = [
+    "torch_eager_cpu",
+    "torch_eager_cuda",
+    "torch_cuda_graph",
+    "ort_cpu",
+    "ort_cuda",
+    "ort_tensorrt_fp16",
+]
 CONSTRAINTS = {"latency_p95_ms": {"max": 50}, "throughput_sps": {"min": 20}, "vram_mb": {"max": 2048}}
 
 
-def row(engine, batch, p95, sps, *, device="cpu", vram=None, rss=500.0, status="ok", correct=True, reason=None):
+def row(
+    engine, batch, p95, sps, *, device="cpu", vram=None, rss=500.0, status="ok", correct=True, reason=None
+):
     return {
         "model": "policy", "engine": engine, "device": device, "precision": "fp32", "batch": batch,
         "status": status, "reason": reason, "build_seconds": 0.1 if status == "ok" else None,
@@ -52,7 +61,9 @@ def test_constraints_filter_before_ranking_and_reasons_are_sentences():
     reasons = decision["reasoning"]
     assert "torch_eager_cuda was not measured: no CUDA device." in reasons
     assert "torch_eager_cpu at batch 64 fails latency_p95_ms <= 50 (measured 80)." in reasons
-    assert any(r.startswith("ort_tensorrt_fp16 at batch 64 fails vram_mb <= 2048 (measured 4096)") for r in reasons)
+    assert any(
+        r.startswith("ort_tensorrt_fp16 at batch 64 fails vram_mb <= 2048 (measured 4096)") for r in reasons
+    )
     assert any(r.startswith("ort_cuda at batch 64 fails correct") for r in reasons)
     assert "1 of 4 measured configurations meet all constraints." in reasons
     by_engine = {c["engine"]: c for c in decision["candidates"]}
@@ -68,7 +79,9 @@ def test_ties_go_to_less_memory_then_engine_order():
     ]
     decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
     assert decision["chosen"]["engine"] == "ort_cuda"  # within 5 % of the best, 750 MB less VRAM
-    assert any("tie goes to the one using less memory, ort_cuda at batch 1" in r for r in decision["reasoning"])
+    assert any(
+        "tie goes to the one using less memory, ort_cuda at batch 1" in r for r in decision["reasoning"]
+    )
     decision = select_model(rows, CONSTRAINTS, "latency", 0.0, ORDER)
     assert decision["chosen"]["engine"] == "torch_cuda_graph"  # no tie band: the fastest
 
@@ -77,12 +90,17 @@ def test_no_configuration_passing_means_no_choice():
     rows = [row("ort_cpu", 1, 70.0, 14)]
     decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
     assert decision["chosen"] is None
-    assert decision["reasoning"][-1] == "No configuration meets all constraints, so no engine is chosen for this model."
+    assert (
+        decision["reasoning"][-1]
+        == "No configuration meets all constraints, so no engine is chosen for this model."
+    )
 
 
 def test_unmeasured_values_fail_except_gpu_columns_on_cpu_engines():
     checks = {c["constraint"]: c for c in check_row(row("ort_cpu", 1, 1.0, 1000), CONSTRAINTS)}
-    assert checks["vram_mb <= 2048"]["passed"] and checks["vram_mb <= 2048"]["note"] == "CPU engine: uses no GPU"
+    assert (
+        checks["vram_mb <= 2048"]["passed"] and checks["vram_mb <= 2048"]["note"] == "CPU engine: uses no GPU"
+    )
     gpu = row("ort_cuda", 1, 1.0, 1000, device="cuda", vram=None)
     checks = {c["constraint"]: c for c in check_row(gpu, CONSTRAINTS)}
     assert not checks["vram_mb <= 2048"]["passed"] and checks["vram_mb <= 2048"]["note"] == "not measured"
@@ -99,7 +117,11 @@ def test_select_engines_covers_each_model_and_states_constraints():
         "engines": ORDER,
     }
     selection = select_engines(rows, settings, ["forecaster", "policy"])
-    assert selection["constraints"]["described"] == ["latency_p95_ms <= 50", "throughput_sps >= 20", "vram_mb <= 2048"]
+    assert selection["constraints"]["described"] == [
+        "latency_p95_ms <= 50",
+        "throughput_sps >= 20",
+        "vram_mb <= 2048",
+    ]
     assert set(selection["models"]) == {"forecaster", "policy"}
     assert selection["models"]["forecaster"]["objective"] == "throughput"
     assert selection["models"]["forecaster"]["chosen"]["latency_p95_ms"] == 3.0
@@ -107,7 +129,7 @@ def test_select_engines_covers_each_model_and_states_constraints():
 
 def test_constraint_config_is_checked():
     validate_constraints(CONSTRAINTS)
-    with pytest.raises(ConfigError, match="benchmark.constraints.speed"):
+    with pytest.raises(ConfigError, match=r"benchmark\.constraints\.speed"):
         validate_constraints({"speed": {"max": 1}})
     with pytest.raises(ConfigError, match="min' and/or 'max"):
         validate_constraints({"vram_mb": {"below": 1}})

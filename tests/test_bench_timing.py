@@ -22,7 +22,9 @@ def test_warm_up_meets_both_minimums():
 
 def test_time_trials_reads_the_clock_after_sync():
     synced = []
-    trials = time_trials(lambda: None, iterations=5, trials=3, sync=lambda: (time.sleep(0.002), synced.append(1)))
+    trials = time_trials(
+        lambda: None, iterations=5, trials=3, sync=lambda: (time.sleep(0.002), synced.append(1))
+    )
     assert [len(t) for t in trials] == [5, 5, 5] and len(synced) == 15
     assert min(float(t.min()) for t in trials) >= 2.0  # the 2 ms spent in sync is inside every sample
 

@@ -24,7 +24,9 @@ class PolicyMLP(nn.Module):
 
     def __init__(self, obs_dim: int = 9) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(self.net(torch.clamp(x, -10, 10)), -1.0, 1.0)
@@ -121,13 +123,18 @@ def test_non_finite_inputs_are_rejected(tmp_path):
 def test_forecaster_windows_are_scaled_per_symbol_and_never_cross(tmp_path):
     rows = 40
     ts = pl.datetime_range(
-        pl.datetime(2024, 1, 1, time_zone="UTC"), pl.datetime(2024, 1, 1, 9, 45, time_zone="UTC"), "15m", eager=True
+        pl.datetime(2024, 1, 1, time_zone="UTC"),
+        pl.datetime(2024, 1, 1, 9, 45, time_zone="UTC"),
+        "15m",
+        eager=True,
     ).cast(pl.Datetime("ms", "UTC"))
     frames = []
     for k, symbol in enumerate(["AAA", "BBB"]):
         values = np.arange(rows, dtype=np.float64) + 1000.0 * k  # symbol identity encoded in the level
         frames.append(
-            pl.DataFrame({"timestamp": ts, "symbol": symbol, "close": values, "log_return": values, "vol": values * 2})
+            pl.DataFrame(
+                {"timestamp": ts, "symbol": symbol, "close": values, "log_return": values, "vol": values * 2}
+            )
         )
     features = tmp_path / "features.parquet"
     pl.concat(frames).write_parquet(features)

@@ -21,7 +21,11 @@ DATA_TARGETS = [
 
 def jobs_in_dry_run(output: str) -> list[str]:
     """Rule names in the order snakemake's dry-run lists its jobs."""
-    return [line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith(("rule ", "localrule "))]
+    return [
+        line.split()[1].rstrip(":")
+        for line in output.splitlines()
+        if line.startswith(("rule ", "localrule "))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,11 @@ def test_forcerun_segments_reruns_only_downstream(finished: Path) -> None:
 def test_same_seed_gives_identical_bytes(finished: Path, tmp_path: Path) -> None:
     other = copy_workflow(tmp_path / "again")
     shutil.copy(finished / "test.yaml", other / "test.yaml")
-    run_snakemake(other, "--configfile", "test.yaml", "results/tiny/segments/features.parquet")
-    for target in ["results/tiny/manifest/base_manifest.parquet", "results/tiny/segments/features.parquet",
-                   "results/tiny/segments/scaler.json", "results/tiny/segments/segments_metadata.parquet"]:
+    run_snakemake(other, "results/tiny/segments/features.parquet", "--configfile", "test.yaml")
+    for target in [
+        "results/tiny/manifest/base_manifest.parquet",
+        "results/tiny/segments/features.parquet",
+        "results/tiny/segments/scaler.json",
+        "results/tiny/segments/segments_metadata.parquet",
+    ]:
         assert (finished / target).read_bytes() == (other / target).read_bytes(), target

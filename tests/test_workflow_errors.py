@@ -21,7 +21,7 @@ MANIFEST = "results/tiny/manifest/base_manifest.parquet"
 def acquired(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("acq") / "wf")
     config = write_config(workdir, {"until": "embeddings"})
-    run_snakemake(workdir, "--configfile", str(config), "acquire")
+    run_snakemake(workdir, "acquire", "--configfile", str(config))
     return workdir
 
 
@@ -97,7 +97,7 @@ def test_bad_raw_file_stops_manifest_with_one_line(case: str, acquired: Path, tm
     workdir = _clone(acquired, tmp_path)
     damage, keyword = RAW_CASES[case]
     damage(workdir / KLINE)
-    proc = run_snakemake(workdir, "--configfile", "test.yaml", MANIFEST, check=False)
+    proc = run_snakemake(workdir, MANIFEST, "--configfile", "test.yaml", check=False)
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stdout + proc.stderr
@@ -130,8 +130,10 @@ def test_bad_config_fails_with_one_line_naming_the_key(
 
 def test_missing_symbol_names_the_symbol(acquired: Path, tmp_path: Path) -> None:
     workdir = _clone(acquired, tmp_path)
-    config = write_config(workdir, {"until": "embeddings", "manifest": {"required_symbols": ["BTCUSDT", "XRPUSDT"]}})
-    proc = run_snakemake(workdir, "--configfile", str(config), MANIFEST, check=False)
+    config = write_config(
+        workdir, {"until": "embeddings", "manifest": {"required_symbols": ["BTCUSDT", "XRPUSDT"]}}
+    )
+    proc = run_snakemake(workdir, MANIFEST, "--configfile", str(config), check=False)
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1 and "XRPUSDT" in lines[0], proc.stdout + proc.stderr
@@ -160,9 +162,8 @@ def test_cuda_requested_without_cuda_stops_at_environment(workflow: Path) -> Non
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     config = write_config(workflow, {"device": "cuda", "until": "embeddings"})
-    proc = run_snakemake(workflow, "--configfile", str(config), "results/tiny/environment.json", check=False)
+    proc = run_snakemake(workflow, "results/tiny/environment.json", "--configfile", str(config), check=False)
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1 and "cuda" in lines[0].lower(), proc.stdout + proc.stderr
     assert not (workflow / "results/tiny/environment.json").exists()
-

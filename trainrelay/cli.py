@@ -18,11 +18,17 @@ from trainrelay.rulerun import setup_logging
 
 # command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "environment": ("trainrelay.commands.environment", "record the machine (python, torch, CUDA, ORT, TensorRT)"),
+    "environment": (
+        "trainrelay.commands.environment",
+        "record the machine (python, torch, CUDA, ORT, TensorRT)",
+    ),
     "acquire": ("trainrelay.commands.acquire", "fetch or generate the raw data of a config"),
     "check-config": ("trainrelay.commands.check_config", "check a config file against the schema"),
     "validate": ("trainrelay.commands.validate", "check a results folder against the required-artifact list"),
-    "dashboard": ("trainrelay.commands.dashboard", "export dashboard state (and run history) from a results folder"),
+    "dashboard": (
+        "trainrelay.commands.dashboard",
+        "export dashboard state (and run history) from a results folder",
+    ),
 }
 
 

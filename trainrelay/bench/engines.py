@@ -71,7 +71,7 @@ class ModelUnderTest:
     """One model as every engine sees it: the fp32 torch module (CPU, eval), its ONNX file, real inputs."""
 
     name: str
-    module: nn.Module
+    module: nn.Module | None  # None: ONNX only (the standalone tool); torch engines are then unavailable
     onnx_path: Path
     samples: np.ndarray  # float32 [n, ...] real inputs from the run's data
 
@@ -114,6 +114,8 @@ class TorchEngine(Engine):
     """torch eager on the CPU (the reference) or on CUDA."""
 
     def build(self) -> None:
+        if self.model.module is None:
+            raise EngineUnavailable("no torch module for this model (only its ONNX file was given)")
         if self.spec.device == "cuda":
             self.device = _require_torch_cuda()
         else:
@@ -256,26 +258,36 @@ class OrtEngine(Engine):
         if self.spec.device == "cpu":
             feeds = {INPUT_NAME: batch}
             return lambda: session.run([OUTPUT_NAME], feeds)[0]
-        # IO binding: input and output live on the GPU in buffers allocated once; each call pays the
-        # host->device copy of the input (update_inplace) and the copy of the output back.
-        device_id = self.settings.device_id
-        x_gpu = self.ort.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id)
-        y_gpu = self.ort.OrtValue.ortvalue_from_shape_and_type(list(out_shape), np.float32, "cuda", device_id)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(INPUT_NAME, x_gpu)
-        binding.bind_ortvalue_output(OUTPUT_NAME, y_gpu)
-        self._bound = [*getattr(self, "_bound", []), (x_gpu, y_gpu, binding)]
-
-        def run() -> np.ndarray:
-            x_gpu.update_inplace(batch)
-            session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0]
-
+        run, bound = iobinding_runner(self.ort, session, batch, out_shape, "cuda", self.settings.device_id)
+        self._bound = [*getattr(self, "_bound", []), bound]
         return run
 
     def close(self) -> None:
         self._bound = []
         self.session = None
+
+
+def iobinding_runner(
+    ort: Any, session: Any, batch: np.ndarray, out_shape: tuple[int, ...], device: str, device_id: int = 0
+) -> tuple[Callable[[], np.ndarray], tuple[Any, ...]]:
+    """A call through ONNX Runtime's IO binding, with buffers on ``device`` allocated once.
+
+    Each call pays the host-to-device copy of the input (``update_inplace`` keeps the buffer's
+    address, as bound) and the copy of the output back to the host. Returns the callable and the
+    objects that must stay alive while it is used.
+    """
+    x_dev = ort.OrtValue.ortvalue_from_numpy(batch, device, device_id)
+    y_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(out_shape), np.float32, device, device_id)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(INPUT_NAME, x_dev)
+    binding.bind_ortvalue_output(OUTPUT_NAME, y_dev)
+
+    def run() -> np.ndarray:
+        x_dev.update_inplace(batch)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run, (x_dev, y_dev, binding)
 
 
 def make_engine(name: str, model: ModelUnderTest, settings: EngineSettings) -> Engine:

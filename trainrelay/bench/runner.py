@@ -35,6 +35,7 @@ from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.bench.select import OBJECTIVES, select_engines
 from trainrelay.bench.timing import summarise, time_trials, warm_up
 from trainrelay.errors import ConfigError
+from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ def _measure_engine(
     if spec.device == "cuda":
         # Free what earlier engines left behind so the baseline is the GPU without this engine
         # (a full collection is slow with torch and SB3 loaded, so only where it matters).
-        gc.collect()
+        if torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
         baseline = gpu_memory_used_mb(engine_settings.device_id)
     engine = make_engine(engine_name, model, engine_settings)
     start = time.perf_counter()
@@ -223,6 +226,23 @@ def _measure_engine(
     return rows
 
 
+def reference_outputs(model: ModelUnderTest, batches: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """fp32 outputs every engine is compared with: torch eager on the CPU, else ONNX Runtime's CPU EP.
+
+    The ONNX Runtime fallback serves the standalone tool when only ONNX files are given; the
+    workflow always has the torch module (export_onnx proved the two agree).
+    """
+    inputs = {batch: tile_batch(model.samples, batch) for batch in batches}
+    if model.module is not None:
+        module = model.module.eval()
+        with torch.inference_mode():
+            return {b: module(torch.from_numpy(x)).float().numpy() for b, x in inputs.items()}
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    return {b: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for b, x in inputs.items()}
+
+
 def run_benchmark(
     models: list[ModelUnderTest], settings: dict[str, Any], *, threads: int, trt_cache_dir: str | Path
 ) -> BenchResult:
@@ -234,11 +254,7 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     raw_parts: list[pl.DataFrame] = []
     for model in models:
-        module = model.module.eval()
-        references = {}
-        with torch.inference_mode():
-            for batch in batches:
-                references[batch] = module(torch.from_numpy(tile_batch(model.samples, batch))).float().numpy()
+        references = reference_outputs(model, batches)
         for engine_name in settings["engines"]:
             rows.extend(_measure_engine(model, engine_name, settings, engine_settings, references, raw_parts))
     raw = pl.concat(raw_parts) if raw_parts else pl.DataFrame(schema=RAW_SCHEMA)

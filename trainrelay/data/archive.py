@@ -124,7 +124,9 @@ def _read_member(zip_path: Path) -> bytes:
                 raise DataError(f"{zip_path}: expected one CSV inside the zip, found {len(members)}")
             return archive.read(members[0])
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{zip_path}: not a readable zip archive ({exc}); delete it and re-run acquire") from None
+        raise DataError(
+            f"{zip_path}: not a readable zip archive ({exc}); delete it and re-run acquire"
+        ) from None
 
 
 def _has_header(raw: bytes) -> bool:

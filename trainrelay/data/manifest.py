@@ -340,7 +340,8 @@ def build_manifest(
         if record["last_ts"] is not None:
             last_seen[key] = record["last_ts"]
         records.append(record)
-        log.info("%s: %d rows, %s gaps", raw.rel, record["rows"], record["gaps"])
+        gaps = "" if record["gaps"] is None else f", {record['gaps']} missing bar(s)"
+        log.info("%s: %d rows%s", raw.rel, record["rows"], gaps)
     frame = pl.DataFrame(records, schema=MANIFEST_SCHEMA).sort("path")
     _check_presence(frame, raw_root, config)
     atomic.write_parquet(output, frame)

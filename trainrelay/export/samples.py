@@ -37,9 +37,13 @@ def forecaster_windows(
     frame = pl.read_parquet(features_path)
     missing = [c for c in channels if c not in frame.columns]
     if missing:
-        raise DataError(f"{features_path}: lacks forecaster channel(s) {', '.join(missing)}; rebuild segments")
+        raise DataError(
+            f"{features_path}: lacks forecaster channel(s) {', '.join(missing)}; rebuild segments"
+        )
     stats = meta.get("scaling") or json.loads(scaler_path.read_text())["folds"][str(int(meta.get("fold", 0)))]
-    scaled = frame.with_columns([((pl.col(c) - stats["mean"][c]) / stats["std"][c]).alias(c) for c in channels])
+    scaled = frame.with_columns(
+        [((pl.col(c) - stats["mean"][c]) / stats["std"][c]).alias(c) for c in channels]
+    )
     series = [
         group.sort("timestamp").select(channels).to_numpy().astype(np.float32)
         for _, group in scaled.group_by("symbol", maintain_order=True)
@@ -67,9 +71,16 @@ def policy_observations(
 
     from trainrelay.policy.env import TradingEnv
     from trainrelay.policy.inputs import load_inputs
-    from trainrelay.policy.observations import ObservationSpec, build_series, episode_index_ranges, split_ranges
+    from trainrelay.policy.observations import (
+        ObservationSpec,
+        build_series,
+        episode_index_ranges,
+        split_ranges,
+    )
 
-    inputs = load_inputs(paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths.get("text"))
+    inputs = load_inputs(
+        paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths.get("text")
+    )
     spec = ObservationSpec.from_dict(meta["spec"])
     series = build_series(inputs, spec, meta["funding_every_hours"])
     episodes = episode_index_ranges(series, split_ranges(inputs.segments, spec.fold, "test"))

@@ -48,7 +48,13 @@ def export_stage(
     forecaster, f_meta = load_forecaster(forecaster_checkpoint)
     f_samples = forecaster_windows(features, scaler, f_meta, count)
     policy, p_meta = load_policy(policy_checkpoint)
-    paths = {"features": features, "scaler": scaler, "segments": segments, "forecasts": forecasts, "text": text}
+    paths = {
+        "features": features,
+        "scaler": scaler,
+        "segments": segments,
+        "forecasts": forecasts,
+        "text": text,
+    }
     p_samples = policy_observations(policy, p_meta, paths, count)
 
     report = {

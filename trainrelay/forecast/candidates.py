@@ -47,7 +47,7 @@ class HFPatchTST(nn.Module):
             patch_length=p.patch_len, patch_stride=p.stride, d_model=p.d_model, num_attention_heads=p.n_heads,
             num_hidden_layers=p.n_layers, ffn_dim=p.d_ff, dropout=p.dropout, head_dropout=p.head_dropout,
             scaling="std", norm_type="batchnorm", positional_encoding_type="random", share_embedding=True,
-            do_mask_input=False, loss="mse",
+            do_mask_input=False, loss="mse", pooling_type=None,  # None: the paper's flatten head
         )
         self.model = PatchTSTForPrediction(config)
 

@@ -79,17 +79,13 @@ class ResidualAttention(nn.Module):
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.scale = self.head_dim**-0.5
-        self.q = nn.Linear(d_model, d_model)
-        self.k = nn.Linear(d_model, d_model)
-        self.v = nn.Linear(d_model, d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for queries, keys and values
         self.out = nn.Sequential(nn.Linear(d_model, d_model), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         n, length, d = x.shape
-        q = self.q(x).view(n, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(n, length, self.n_heads, self.head_dim).permute(0, 2, 3, 1)
-        v = self.v(x).view(n, length, self.n_heads, self.head_dim).transpose(1, 2)
-        scores = torch.matmul(q, k) * self.scale
+        q, k, v = self.qkv(x).view(n, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = torch.matmul(q * self.scale, k.transpose(-1, -2))  # scale the small tensor, not the scores
         if prev is not None:
             scores = scores + prev
         weights = torch.softmax(scores, dim=-1)
@@ -105,7 +101,9 @@ class TokenBatchNorm(nn.Module):
         self.norm = nn.BatchNorm1d(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        # Statistics over every (sequence, token) per feature: the same as BatchNorm1d on
+        # [n, d, tokens], without two transposes.
+        return self.norm(x.reshape(-1, x.shape[-1])).view(x.shape)
 
 
 class EncoderLayer(nn.Module):
