@@ -28,8 +28,12 @@ $(STAMP): $(REQS) pyproject.toml
 
 setup: $(STAMP)
 
+# onnxruntime and onnxruntime-gpu install the same module, so the CPU build goes first; TensorRT's
+# PyPI package downloads from NVIDIA's own index, so its failure does not stop the set-up.
 setup-gpu: $(STAMP)
-	$(BIN)/python -m pip install --quiet -r envs/requirements-gpu.txt
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet $$(grep -vE '^(#|tensorrt|$$)' envs/requirements-gpu.txt)
+	-$(BIN)/python -m pip install --quiet $$(grep -E '^tensorrt' envs/requirements-gpu.txt)
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --workflow-profile local -j1

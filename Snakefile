@@ -4,6 +4,9 @@ Run `snakemake -n` to see what would run; `make demo` runs the embedded demo.
 """
 
 
+report: "docs/snakemake-report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preflight.smk"

@@ -58,10 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forecast_accuracy: error: {exc}", file=sys.stderr)
         return 1
     write_json(args.out, result)
-    summary = ", ".join(f"{m} {result[m]['test_mse']:.4f}/{result[m]['test_mae']:.4f}" for m in result
-                        if isinstance(result[m], dict) and "test_mse" in result[m])
-    print(f"forecast_accuracy: {Path(args.data).name} H={args.horizon} test mse/mae: {summary} "
-          f"({result['seconds']:.0f}s)")
+    summary = ", ".join(
+        f"{m} {result[m]['test_mse']:.4f}/{result[m]['test_mae']:.4f}"
+        for m in result
+        if isinstance(result[m], dict) and "test_mse" in result[m]
+    )
+    print(
+        f"forecast_accuracy: {Path(args.data).name} H={args.horizon} test mse/mae: {summary} "
+        f"({result['seconds']:.0f}s)"
+    )
     return 0
 
 

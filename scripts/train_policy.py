@@ -20,7 +20,6 @@ def main(smk):
         config=smk.config,
         state_dir=smk.params.get("state_dir") or default_state_dir(smk.config, variant),
         observation=observation_for(smk.config, variant),
-        threads=smk.threads,
     )
 
 

@@ -1,11 +1,12 @@
 """A real single-node Slurm for tests: munged, slurmctld and slurmd started from a temporary directory.
 
-Nothing outside that directory is configured or touched: the daemons get their own slurm.conf,
-munge key and socket, state/spool directories and free TCP ports, so a developer's own Slurm or
-munge (if any) keeps running. Clients find this cluster through ``SLURM_CONF``, which
-:func:`single_node_slurm` puts into ``os.environ`` for as long as the cluster runs (snakemake and
-the jobs it submits inherit it). Needs root (daemons run as root, munged as user ``munge``) and the
-Debian packages ``slurm-wlm`` and ``munge`` (``bash .ci/slurm.sh`` installs them).
+The daemons get their own slurm.conf, munge key and socket, state/spool directories and free TCP
+ports, so a developer's own munge (if any) keeps running. Clients find this cluster through
+``SLURM_CONF``, which :func:`single_node_slurm` puts into ``os.environ`` for as long as the cluster
+runs (snakemake and sbatch inherit it); the one thing outside the directory is the link
+/run/slurm/conf/slurm.conf, for the srun inside each job (see RUN_CONF_DIR), removed at the end.
+Needs root (daemons run as root, munged as user ``munge``) and the Debian packages ``slurm-wlm``
+and ``munge`` (``bash .ci/slurm.sh`` installs them).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -254,9 +255,12 @@ def single_node_slurm() -> Iterator[SlurmCluster]:
     logs: list[IO[str]] = []
     old_conf = os.environ.get("SLURM_CONF")
     created = [path for path in (RUN_CONF_DIR.parent, RUN_CONF_DIR) if not path.exists()]
+    link = RUN_CONF_DIR / "slurm.conf"
     try:
         RUN_CONF_DIR.mkdir(parents=True, exist_ok=True)
-        (RUN_CONF_DIR / "slurm.conf").symlink_to(conf)
+        if link.is_symlink() and not link.exists():
+            link.unlink()  # left by a test run that was killed before its teardown
+        link.symlink_to(conf)
         logs.append((root / "log" / "munged.stderr").open("w"))
         procs["munged"] = _start_munge(root, logs[-1])
         _wait_for("munged's socket", (root / "munge" / "munge.socket").exists, procs, root)
@@ -283,7 +287,9 @@ def single_node_slurm() -> Iterator[SlurmCluster]:
         _stop(procs)
         for log in logs:
             log.close()
-        (RUN_CONF_DIR / "slurm.conf").unlink(missing_ok=True)
+        if link.is_symlink() and link.readlink() == conf:
+            link.unlink()
         for path in reversed(created):
-            path.rmdir()
+            with suppress(OSError):  # something else put files there meanwhile: leave it
+                path.rmdir()
         shutil.rmtree(root, ignore_errors=True)

@@ -68,9 +68,9 @@ def test_sincos_positions_are_fixed_buffers() -> None:
 def test_bad_hyperparameters_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="n_heads"):
         build_module("patchtst", 32, 4, 1, {**SMALL, "d_model": 9})
-    with pytest.raises(ConfigError, match="forecaster.patchtst"):
+    with pytest.raises(ConfigError, match=r"forecaster\.patchtst"):
         build_module("patchtst", 32, 4, 1, {"nonsense": 1})
-    with pytest.raises(ConfigError, match="forecaster.model"):
+    with pytest.raises(ConfigError, match=r"forecaster\.model"):
         build_module("lstm", 32, 4, 1, {})
 
 
@@ -100,8 +100,14 @@ def test_onnx_export_with_dynamic_batch_matches_torch(name: str, tmp_path) -> No
     module = build_module(name, 32, 6, 3, hparams).eval()
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(
-        module, (torch.randn(2, 32, 3),), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
+        module,
+        (torch.randn(2, 32, 3),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        opset_version=17,
     )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

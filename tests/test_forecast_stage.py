@@ -34,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["log_return", "realized_vol", "mom_4"]
 
 
-def write_inputs(root: Path, rows: int = 900, symbols: tuple[str, ...] = ("AAA", "BBB"), seed: int = 0) -> dict:
+def write_inputs(
+    root: Path, rows: int = 900, symbols: tuple[str, ...] = ("AAA", "BBB"), seed: int = 0
+) -> dict:
     """features.parquet / scaler.json / segments_metadata.parquet in the segments stage's formats."""
     rng = np.random.default_rng(seed)
     start = datetime(2024, 1, 1, tzinfo=UTC)
@@ -57,8 +59,15 @@ def write_inputs(root: Path, rows: int = 900, symbols: tuple[str, ...] = ("AAA",
             )
         )
     features = pl.concat(frames).sort("symbol", "timestamp")
-    settings = {"split": "walk_forward", "folds": 1, "val_fraction": 0.15, "test_fraction": 0.15,
-                "embargo_bars": 4, "episode_bars": 128, "fixed": {"train_rows": 1, "val_rows": 1, "test_rows": 1}}
+    settings = {
+        "split": "walk_forward",
+        "folds": 1,
+        "val_fraction": 0.15,
+        "test_fraction": 0.15,
+        "embargo_bars": 4,
+        "episode_bars": 128,
+        "fixed": {"train_rows": 1, "val_rows": 1, "test_rows": 1},
+    }
     folds = make_folds(rows, settings)
     timeline = features.filter(pl.col("symbol") == symbols[0])["timestamp"]
     moments = RunningMoments(FEATURES)
@@ -94,8 +103,15 @@ def tiny_config(segments: dict, **train: Any) -> dict:
 def run_stage(inputs: dict, out: Path, config: dict, state: Path) -> dict:
     p = inputs["paths"]
     return train_forecaster(
-        p["features"], p["scaler"], p["segments"], out / "forecaster.pt", out / "loss.csv", out / "metrics.json",
-        config, state_dir=state, progress=False,
+        p["features"],
+        p["scaler"],
+        p["segments"],
+        out / "forecaster.pt",
+        out / "loss.csv",
+        out / "metrics.json",
+        config,
+        state_dir=state,
+        progress=False,
     )
 
 
@@ -134,7 +150,7 @@ def test_stage_writes_checkpoint_loss_and_metrics(trained) -> None:
 
 
 def test_load_forecaster_rebuilds_the_eval_module(trained) -> None:
-    out, metrics, _ = trained
+    out, _metrics, _ = trained
     module, meta = load_forecaster(out / "forecaster.pt")
     assert not module.training
     assert (meta["model"], meta["lookback"], meta["horizon"]) == ("patchtst", 32, 8)
@@ -163,7 +179,9 @@ def test_precompute_has_one_row_per_bar_and_no_lookahead(trained, inputs, tmp_pa
         [pl.when(later).then(pl.col(c) * -3.0 + 0.05).otherwise(pl.col(c)).alias(c) for c in FEATURES]
     )
     write_parquet(tmp_path / "changed.parquet", changed)
-    second = precompute_forecasts(out / "forecaster.pt", tmp_path / "changed.parquet", tmp_path / "b.parquet", config)
+    second = precompute_forecasts(
+        out / "forecaster.pt", tmp_path / "changed.parquet", tmp_path / "b.parquet", config
+    )
     upto = pl.col("timestamp") <= t
     assert first.filter(upto).equals(second.filter(upto))
     assert not first.filter(later).equals(second.filter(later))  # the change did reach later rows
@@ -175,21 +193,23 @@ def test_precompute_needs_the_return_and_vol_channels(trained, inputs, tmp_path)
     out, _, config = trained
     bad = copy.deepcopy(config)
     bad["forecaster"]["vol_channel"] = "mom_4"
-    with pytest.raises(ConfigError, match="forecaster.vol_channel"):
+    with pytest.raises(ConfigError, match=r"forecaster\.vol_channel"):
         precompute_forecasts(out / "forecaster.pt", inputs["paths"]["features"], tmp_path / "x.parquet", bad)
 
 
 def test_unknown_channel_is_a_config_error(inputs, tmp_path) -> None:
     config = tiny_config(inputs["segments"])
     config["forecaster"]["channels"] = ["log_return", "nope"]
-    with pytest.raises(ConfigError, match="forecaster.channels: nope"):
+    with pytest.raises(ConfigError, match=r"forecaster\.channels: nope"):
         run_stage(inputs, tmp_path, config, tmp_path / "state")
 
 
 def test_budget_stop_saves_state_and_a_rerun_resumes(inputs, tmp_path, caplog) -> None:
     config = tiny_config(inputs["segments"])
     config["checkpoint"]["time_budget_minutes"] = 1e-6
-    with pytest.raises(BudgetExhausted, match=r"time budget of 1e-06 min reached after epoch 0.*rerun the same"):
+    with pytest.raises(
+        BudgetExhausted, match=r"time budget of 1e-06 min reached after epoch 0.*rerun the same"
+    ):
         run_stage(inputs, tmp_path / "out", config, tmp_path / "state")
     assert list((tmp_path / "state" / "train_forecaster").glob("state-*.pt"))
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -228,13 +248,23 @@ train_forecaster(*args["paths"], config=args["config"], state_dir=args["state"],
 def _child(tmp: Path, inputs: dict, config: dict, name: str) -> tuple[list[str], Path, Path]:
     p, out = inputs["paths"], tmp / name
     args = {
-        "paths": [str(p["features"]), str(p["scaler"]), str(p["segments"]), str(out / "forecaster.pt"),
-                  str(out / "loss.csv"), str(out / "metrics.json")],
+        "paths": [
+            str(p["features"]),
+            str(p["scaler"]),
+            str(p["segments"]),
+            str(out / "forecaster.pt"),
+            str(out / "loss.csv"),
+            str(out / "metrics.json"),
+        ],
         "config": config,
         "state": str(tmp / f"state-{name}"),
     }
     (tmp / f"{name}.json").write_text(json.dumps(args))
-    return [sys.executable, "-c", CHILD, str(tmp / f"{name}.json")], out, tmp / f"state-{name}" / "train_forecaster"
+    return (
+        [sys.executable, "-c", CHILD, str(tmp / f"{name}.json")],
+        out,
+        tmp / f"state-{name}" / "train_forecaster",
+    )
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(inputs, tmp_path) -> None:
@@ -275,4 +305,6 @@ def test_cuda_training_with_bf16_autocast(inputs, tmp_path) -> None:
     metrics = run_stage(inputs, tmp_path, config, tmp_path / "state")
     assert metrics["device"].startswith("cuda")
     assert all(math.isfinite(v) for m in metrics["models"].values() for v in m.values())
-    precompute_forecasts(tmp_path / "forecaster.pt", inputs["paths"]["features"], tmp_path / "fc.parquet", config)
+    precompute_forecasts(
+        tmp_path / "forecaster.pt", inputs["paths"]["features"], tmp_path / "fc.parquet", config
+    )

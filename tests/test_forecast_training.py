@@ -24,10 +24,12 @@ def test_split_windows_follow_the_ett_protocol_counts() -> None:
     assert len(sets["test"]) == 2880 + 336 - 96 - 336 + 1
     np.testing.assert_allclose(mean, values[:8640].mean(axis=0))  # train rows only
     np.testing.assert_allclose(std, values[:8640].std(axis=0))
-    x, y = sets["test"].batch(torch.tensor([len(sets["test"]) - 1]))
+    _x, y = sets["test"].batch(torch.tensor([len(sets["test"]) - 1]))
     scaled_last = (values[14400 - 96 :] - mean) / std
-    np.testing.assert_allclose(y[0].numpy(), scaled_last, rtol=1e-5, atol=1e-5)  # the last test window ends at 14400
-    first_val_x, first_val_y = sets["val"].batch(torch.tensor([0]))
+    np.testing.assert_allclose(
+        y[0].numpy(), scaled_last, rtol=1e-5, atol=1e-5
+    )  # the last test window ends at 14400
+    _first_val_x, first_val_y = sets["val"].batch(torch.tensor([0]))
     np.testing.assert_allclose(first_val_y[0, 0].numpy(), (values[8640] - mean) / std, rtol=1e-5, atol=1e-5)
 
 
@@ -67,13 +69,15 @@ def _lrs(settings: TrainSettings, epochs: int, steps: int = 1) -> list[float]:
 def test_schedules() -> None:
     assert _lrs(TrainSettings(lr=1.0, schedule="constant"), 3) == [1.0, 1.0, 1.0]
     assert _lrs(TrainSettings(lr=1.0, schedule="type1"), 3) == [1.0, 0.5, 0.25]
-    assert _lrs(TrainSettings(lr=1.0, schedule="type3", hold_epochs=2), 5) == pytest.approx([1, 1, 0.9, 0.81, 0.729])
+    assert _lrs(TrainSettings(lr=1.0, schedule="type3", hold_epochs=2), 5) == pytest.approx(
+        [1, 1, 0.9, 0.81, 0.729]
+    )
     cycle = _lrs(TrainSettings(lr=1.0, schedule="onecycle", epochs=10, pct_start=0.4), 10, steps=5)
     assert max(cycle) == pytest.approx(cycle[4], rel=0.05) and cycle[0] < 0.1 and cycle[-1] < 0.1
 
 
 def test_settings_from_config_rejects_bad_values() -> None:
-    with pytest.raises(ConfigError, match="forecaster.train.schedule"):
+    with pytest.raises(ConfigError, match=r"forecaster\.train\.schedule"):
         TrainSettings.from_config({"schedule": "cosine"}, "forecaster.train")
     with pytest.raises(ConfigError, match="unknown key"):
         TrainSettings.from_config({"epochz": 3}, "forecaster.train")
@@ -98,7 +102,9 @@ def test_evaluate_scores_the_naive_model_by_hand() -> None:
 def test_training_learns_a_seasonal_series_and_keeps_the_best_epoch(name: str) -> None:
     t = np.arange(1500)
     rng = np.random.default_rng(0)
-    values = np.stack([np.sin(2 * np.pi * t / 24), np.cos(2 * np.pi * t / 12)], 1) + 0.1 * rng.standard_normal((1500, 2))
+    values = np.stack(
+        [np.sin(2 * np.pi * t / 24), np.cos(2 * np.pi * t / 12)], 1
+    ) + 0.1 * rng.standard_normal((1500, 2))
     train = split_windows([values], [(0, 1000)], 48, 12)
     val = split_windows([values], [(1000, 1500)], 48, 12)
     hp = {"patch_len": 8, "stride": 4, "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.0}

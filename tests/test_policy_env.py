@@ -12,7 +12,13 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from tests.test_policy_data import write_inputs
 from trainrelay.policy.env import TradingEnv, next_unrealised, trade_step
 from trainrelay.policy.inputs import load_inputs
-from trainrelay.policy.observations import SymbolSeries, build_series, episode_index_ranges, fit_spec, split_ranges
+from trainrelay.policy.observations import (
+    SymbolSeries,
+    build_series,
+    episode_index_ranges,
+    fit_spec,
+    split_ranges,
+)
 
 
 def _toy_series() -> SymbolSeries:
@@ -31,7 +37,9 @@ def _toy_series() -> SymbolSeries:
 @pytest.fixture
 def real_env(tmp_path):
     paths = write_inputs(tmp_path)
-    inputs = load_inputs(paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths["text"])
+    inputs = load_inputs(
+        paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths["text"]
+    )
     spec = fit_spec(inputs, 0, {"forecasts": True, "text": True}, {"dim": 4, "half_life_bars": 8})
     series = build_series(inputs, spec, 8)
     episodes = episode_index_ranges(series, split_ranges(inputs.segments, 0, "train"))
@@ -80,7 +88,9 @@ def test_trade_step_and_unrealised_pnl_vectorised():
     np.testing.assert_allclose(cost, [0.0005, 0.0, 0.0005])
     np.testing.assert_allclose(funding, [0.001, 0.001, 0.0])
     np.testing.assert_allclose(net, gross - cost - funding)
-    upnl = next_unrealised(np.array([0.3, 0.3, 0.3]), np.array([0.0, 1.0, -1.0]), np.array([1.0, 1.0, 0.0]), gross)
+    upnl = next_unrealised(
+        np.array([0.3, 0.3, 0.3]), np.array([0.0, 1.0, -1.0]), np.array([1.0, 1.0, 0.0]), gross
+    )
     np.testing.assert_allclose(upnl, [0.02, 0.29, 0.0])
 
 
@@ -123,4 +133,6 @@ def test_state_restore_reproduces_the_trajectory(real_env):
     second = roll()
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
-        np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+        np.testing.assert_array_equal(
+            a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b
+        )

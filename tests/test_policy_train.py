@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(paths, out: Path, config: dict, **kwargs) -> dict:
-    return train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", **kwargs)
+    return train_policy(
+        paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", **kwargs
+    )
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
@@ -115,13 +117,15 @@ root = Path(sys.argv[1]); out = Path(sys.argv[2])
 paths = {k: root / v for k, v in [("features", "features.parquet"), ("scaler", "scaler.json"),
          ("segments", "segments.parquet"), ("forecasts", "forecasts.parquet"), ("text", "text.parquet")]}
 config = policy_config(total_timesteps=int(sys.argv[3]), n_steps=128, n_envs=2)
-train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", threads=1)
+train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state")
 """
 
 
 def _child(data: Path, out: Path, total: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(out), str(total)], cwd=REPO, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(data), str(out), str(total)], cwd=REPO, env=env
+    )
 
 
 def test_sigkill_mid_training_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
@@ -145,7 +149,7 @@ def test_sigkill_mid_training_then_rerun_finishes_like_an_uninterrupted_run(tmp_
     paths = {k: data / f"{k}.parquet" for k in ("features", "segments", "forecasts", "text")}
     paths["scaler"] = data / "scaler.json"
     config = policy_config(total_timesteps=total, n_steps=128, n_envs=2)
-    _run(paths, reference, config, threads=1)
+    _run(paths, reference, config)
     assert resumed.wait(timeout=300) == 0
 
     meta = read_meta(killed / "ppo_policy.zip")

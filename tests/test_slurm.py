@@ -9,6 +9,7 @@ need no Slurm; the rest skip with the reason when Slurm/munge are not installed 
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
+from tests.conftest import REPO, SNAKEMAKE, copy_workflow, run_snakemake, write_config
 from tests.slurm_cluster import SlurmCluster, single_node_slurm
 
 # The last stage the Slurm run builds; raise it as later stages are wired into the workflow.
@@ -38,6 +39,7 @@ class PlannedJob:
     jobid: str = ""
     wildcards: dict[str, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 def announced_jobs(log: str) -> list[PlannedJob]:
@@ -58,8 +60,8 @@ def announced_jobs(log: str) -> list[PlannedJob]:
             current.jobid = value
         elif key == "output":
             current.outputs = [path.strip() for path in value.split(",")]
-        elif key == "wildcards":
-            current.wildcards = dict(item.strip().split("=", 1) for item in value.split(","))
+        elif key in ("wildcards", "resources"):
+            setattr(current, key, dict(item.strip().split("=", 1) for item in value.split(",")))
     return jobs
 
 
@@ -82,6 +84,10 @@ class SlurmRuns:
     gpu_log: str  # device: auto afterwards: the GPU rules rerun and ask for a GPU
 
 
+def _log(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
 def _snakemake_via_slurm(workdir: Path, config: Path, *extra: str) -> str:
     proc = run_snakemake(
         workdir,
@@ -95,7 +101,7 @@ def _snakemake_via_slurm(workdir: Path, config: Path, *extra: str) -> str:
         *extra,
         timeout=600,
     )
-    return proc.stdout + proc.stderr
+    return _log(proc)
 
 
 @pytest.fixture(scope="module")
@@ -136,18 +142,38 @@ def test_profile_sets_executor_but_not_jobs_cores_or_site_names() -> None:
 def test_partition_and_account_come_from_the_environment(workflow: Path) -> None:
     config = write_config(workflow, {"device": "cpu", "until": UNTIL})
     env = {"TRAINRELAY_SLURM_PARTITION": "gpu-a100", "TRAINRELAY_SLURM_ACCOUNT": "ml-team"}
+    dry_run = ["-n", "--workflow-profile", "slurm", "-j", "4", "--configfile", str(config)]
+    per_rule = ["--set-resources", "embeddings:runtime=480", "embeddings:slurm_partition=long"]
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        given = run_snakemake(workflow, "-n", "--workflow-profile", "slurm", "--configfile", str(config))
+        given = announced_jobs(_log(run_snakemake(workflow, *dry_run, *per_rule)))
         for name in env:
             patch.delenv(name)
-        unset = run_snakemake(workflow, "-n", "--workflow-profile", "slurm", "--configfile", str(config))
-    given_log, unset_log = given.stdout + given.stderr, unset.stdout + unset.stderr
-    assert "slurm_partition=gpu-a100, slurm_account=ml-team" in given_log
+        unset = announced_jobs(_log(run_snakemake(workflow, *dry_run)))
+    for job in given:
+        expected_partition = "long" if job.rule == "embeddings" else "gpu-a100"
+        assert job.resources["slurm_partition"] == expected_partition, job
+        assert job.resources["slurm_account"] == "ml-team"
+        assert job.resources["runtime"] == ("480" if job.rule == "embeddings" else "120")
     # Unset: empty, so the plugin uses the cluster's default partition and guesses the account.
-    assert "slurm_partition=, slurm_account=," in unset_log
-    assert "$TRAINRELAY" not in given_log + unset_log
+    assert {job.resources["slurm_partition"] + job.resources["slurm_account"] for job in unset} == {""}
+    assert len(given) == len(unset) >= 6
+
+
+def test_profile_refuses_to_start_without_jobs(workflow: Path) -> None:
+    """No profile sets jobs, and Snakemake will not run a remote executor without -j (not even -n)."""
+    config = write_config(workflow, {"device": "cpu", "until": UNTIL})
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--workflow-profile", "slurm", "--configfile", str(config)],
+        cwd=workflow,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "use --jobs N" in proc.stdout + proc.stderr
+    assert not (workflow / ".snakemake" / "slurm_logs").exists()
 
 
 # --- the workflow through a real one-node Slurm ---------------------------------------------------
@@ -191,7 +217,7 @@ def test_rule_resources_become_sbatch_requests(runs: SlurmRuns, cluster: SlurmCl
         assert "mem=4000M" in fields["TRES"], fields["TRES"]
     for job in by_rule.values():
         fields = job_fields(cluster, submitted[job.jobid])
-        assert "gpu" not in fields.get("TresPerJob", "") + fields.get("GRES", ""), (job.rule, fields)
+        assert "gpu" not in fields.get("TresPerJob", "") + fields["JOB_GRES"], (job.rule, fields)
 
 
 @pytest.mark.slurm
@@ -204,10 +230,10 @@ def test_gpu_rules_ask_slurm_for_one_gpu(runs: SlurmRuns, cluster: SlurmCluster)
         fields = job_fields(cluster, submitted[job.jobid])
         if rule == "embeddings":
             assert fields.get("TresPerJob") == "gres:gpu:1", fields
-            # The allocation itself: the node's GPU index 0 was given to the job.
-            assert fields.get("GRES", "").startswith("gpu:1"), fields
+            # The allocation itself (the request alone is TresPerJob): one GPU was given to the job.
+            assert fields["JOB_GRES"] == "gpu:1", fields
         if rule == "environment":
-            assert "gpu" not in fields.get("TresPerJob", "") + fields.get("GRES", ""), fields
+            assert "gpu" not in fields.get("TresPerJob", "") + fields["JOB_GRES"], fields
 
 
 @pytest.mark.slurm

@@ -13,6 +13,7 @@ cannot load its libraries, so the session's actual provider is checked too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from abc import ABC, abstractmethod
@@ -214,8 +215,13 @@ class OrtEngine(Engine):
         import onnxruntime as ort
 
         wanted = self.PROVIDERS[self.spec.name]
-        if self.spec.name == "ort_tensorrt_fp16":
-            Path(self.settings.trt_cache_dir).mkdir(parents=True, exist_ok=True)
+        gpu_build = wanted in ort.get_available_providers()
+        if self.spec.device == "cuda" and gpu_build and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels (torch's) only once preloaded.
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()
+        if self.spec.name == "ort_tensorrt_fp16" and gpu_build:
+            Path(self.settings.trt_cache_dir).mkdir(parents=True, exist_ok=True)  # TensorRT EP writes there
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.settings.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

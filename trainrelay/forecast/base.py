@@ -23,7 +23,9 @@ from trainrelay.forecast.windows import WindowSet
 MODELS = ("patchtst", "dlinear", "naive")
 
 
-def build_module(name: str, lookback: int, horizon: int, n_channels: int, hparams: dict[str, Any]) -> nn.Module:
+def build_module(
+    name: str, lookback: int, horizon: int, n_channels: int, hparams: dict[str, Any]
+) -> nn.Module:
     """The torch module of model ``name`` with hyperparameters ``hparams`` (its config section)."""
     try:
         if name == "patchtst":
@@ -77,8 +79,16 @@ class Forecaster:
             self.module.to(device).eval()
             return None
         return fit_module(
-            self.module, train, val, settings, device=device, seed=seed, store=store, budget=budget,
-            progress=progress, label=self.name,
+            self.module,
+            train,
+            val,
+            settings,
+            device=device,
+            seed=seed,
+            store=store,
+            budget=budget,
+            progress=progress,
+            label=self.name,
         )
 
     @torch.no_grad()
@@ -112,6 +122,8 @@ class Forecaster:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Forecaster:
-        forecaster = cls(state["model"], state["lookback"], state["horizon"], state["n_channels"], state["hparams"])
+        forecaster = cls(
+            state["model"], state["lookback"], state["horizon"], state["n_channels"], state["hparams"]
+        )
         forecaster.load_state(state)
         return forecaster

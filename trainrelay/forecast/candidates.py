@@ -43,11 +43,24 @@ class HFPatchTST(nn.Module):
 
         p = PAPER_PATCHTST["hourly"]
         config = PatchTSTConfig(
-            num_input_channels=CHANNELS, context_length=LOOKBACK, prediction_length=HORIZON,
-            patch_length=p.patch_len, patch_stride=p.stride, d_model=p.d_model, num_attention_heads=p.n_heads,
-            num_hidden_layers=p.n_layers, ffn_dim=p.d_ff, dropout=p.dropout, head_dropout=p.head_dropout,
-            scaling="std", norm_type="batchnorm", positional_encoding_type="random", share_embedding=True,
-            do_mask_input=False, loss="mse", pooling_type=None,  # None: the paper's flatten head
+            num_input_channels=CHANNELS,
+            context_length=LOOKBACK,
+            prediction_length=HORIZON,
+            patch_length=p.patch_len,
+            patch_stride=p.stride,
+            d_model=p.d_model,
+            num_attention_heads=p.n_heads,
+            num_hidden_layers=p.n_layers,
+            ffn_dim=p.d_ff,
+            dropout=p.dropout,
+            head_dropout=p.head_dropout,
+            scaling="std",
+            norm_type="batchnorm",
+            positional_encoding_type="random",
+            share_embedding=True,
+            do_mask_input=False,
+            loss="mse",
+            pooling_type=None,  # None: the paper's flatten head
         )
         self.model = PatchTSTForPrediction(config)
 
@@ -57,7 +70,9 @@ class HFPatchTST(nn.Module):
 
 def candidates() -> dict[str, nn.Module]:
     return {
-        "patchtst_trainrelay": build_module("patchtst", LOOKBACK, HORIZON, CHANNELS, PAPER_PATCHTST["hourly"].as_dict()),
+        "patchtst_trainrelay": build_module(
+            "patchtst", LOOKBACK, HORIZON, CHANNELS, PAPER_PATCHTST["hourly"].as_dict()
+        ),
         "patchtst_transformers": HFPatchTST(),
         "dlinear": build_module("dlinear", LOOKBACK, HORIZON, CHANNELS, {"kernel_size": 25}),
         "naive": build_module("naive", LOOKBACK, HORIZON, CHANNELS, {}),
@@ -84,13 +99,24 @@ def check_export(module: nn.Module, dynamo: bool, directory: Path) -> dict[str, 
             if dynamo:
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 torch.onnx.export(
-                    module, example, str(path), dynamo=True, input_names=["x"], output_names=["y"],
+                    module,
+                    example,
+                    str(path),
+                    dynamo=True,
+                    input_names=["x"],
+                    output_names=["y"],
                     dynamic_shapes={"x": {0: batch}},
                 )
             else:
                 torch.onnx.export(
-                    module, example, str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                    dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
+                    module,
+                    example,
+                    str(path),
+                    dynamo=False,
+                    input_names=["x"],
+                    output_names=["y"],
+                    dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+                    opset_version=17,
                 )
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
@@ -110,10 +136,40 @@ def check_export(module: nn.Module, dynamo: bool, directory: Path) -> dict[str, 
     return entry
 
 
+def compare_accuracy(data: str | Path, epochs: int, seed: int = 2021) -> dict[str, Any]:
+    """Both PatchTST candidates trained the same way on ETTh1 (H=96) for ``epochs`` epochs."""
+    from dataclasses import replace
+
+    from trainrelay.forecast.protocol import PAPER_TRAIN, ett_windows, read_ett
+    from trainrelay.forecast.training import evaluate, fit_module
+
+    values, _, per_hour = read_ett(data)
+    sets, _, _ = ett_windows(values, per_hour, LOOKBACK, HORIZON)
+    settings = replace(PAPER_TRAIN["hourly"], epochs=epochs)
+    cpu = torch.device("cpu")
+    out: dict[str, Any] = {"epochs": epochs, "train": settings.as_dict()}
+    for name in ("patchtst_trainrelay", "patchtst_transformers"):
+        torch.manual_seed(seed)
+        module = candidates()[name]
+        started = time.process_time()
+        fit = fit_module(module, sets["train"], sets["val"], settings, device=cpu, seed=seed, progress=False)
+        out[name] = {
+            "val_mse": fit.best_val_mse,
+            "test_mse": evaluate(module, sets["test"], cpu)["mse"],
+            "cpu_seconds": time.process_time() - started,
+            "val_by_epoch": [h["val_loss"] for h in fit.history],
+        }
+    return out
+
+
 def run(out: str | Path) -> dict[str, Any]:
     torch.manual_seed(0)
-    result: dict[str, Any] = {"shape": {"lookback": LOOKBACK, "horizon": HORIZON, "channels": CHANNELS},
-                              "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    result: dict[str, Any] = {
+        "shape": {"lookback": LOOKBACK, "horizon": HORIZON, "channels": CHANNELS},
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
     x = torch.randn(128, LOOKBACK, CHANNELS)
     for name, module in candidates().items():
         module.eval()
@@ -130,4 +186,14 @@ def run(out: str | Path) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
-    print(json.dumps(run(parser.parse_args().out), indent=1))
+    parser.add_argument(
+        "--accuracy-data", help="ETTh1.csv: also train both PatchTSTs for --epochs and compare"
+    )
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    if args.accuracy_data:
+        torch.set_num_threads(1)
+        write_json(args.out, compare_accuracy(args.accuracy_data, args.epochs))
+        print(Path(args.out).read_text())
+    else:
+        print(json.dumps(run(args.out), indent=1))

@@ -102,7 +102,10 @@ def fold_windows(
     out = {}
     for split, (start, end) in bounds.items():
         ranges = [
-            (int(np.searchsorted(s.timestamps, start, "left")), int(np.searchsorted(s.timestamps, end, "right")))
+            (
+                int(np.searchsorted(s.timestamps, start, "left")),
+                int(np.searchsorted(s.timestamps, end, "right")),
+            )
             for s in series
         ]
         out[split] = split_windows([s.values for s in series], ranges, lookback, horizon)
@@ -123,7 +126,9 @@ def load_fold(
         features = pl.read_parquet(features_path)
         segments = pl.read_parquet(segments_path)
     except Exception as exc:  # polars raises several types for a missing or damaged file
-        raise DataError(f"cannot read {features_path} / {segments_path} ({exc}); rerun the segments rule") from exc
+        raise DataError(
+            f"cannot read {features_path} / {segments_path} ({exc}); rerun the segments rule"
+        ) from exc
     series = scaled_series(features, scaler, fc["fold"], channels)
     windows = fold_windows(series, split_bounds(segments, fc["fold"]), fc["lookback"], fc["horizon"])
     return series, windows, channels, scaler

@@ -75,7 +75,9 @@ class ResidualAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         if d_model % n_heads:
-            raise ConfigError(f"forecaster.patchtst.d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ConfigError(
+                f"forecaster.patchtst.d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+            )
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.scale = self.head_dim**-0.5

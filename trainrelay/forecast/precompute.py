@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from trainrelay.atomic import write_parquet
 from trainrelay.devices import resolve_device
@@ -81,7 +80,9 @@ def precompute_forecasts(
     try:
         features = pl.read_parquet(features_path, columns=["timestamp", "symbol", *channels])
     except Exception as exc:
-        raise DataError(f"cannot read {channels} from {features_path} ({exc}); rerun the segments rule") from exc
+        raise DataError(
+            f"cannot read {channels} from {features_path} ({exc}); rerun the segments rule"
+        ) from exc
 
     parts = []
     for (symbol,), part in features.group_by("symbol", maintain_order=True):

@@ -37,7 +37,9 @@ PAPER_PATCHTST = {
 }
 PAPER_TRAIN = {
     "hourly": TrainSettings(epochs=100, batch_size=128, lr=1e-4, schedule="type3", patience=100),
-    "minute": TrainSettings(epochs=100, batch_size=128, lr=1e-4, schedule="onecycle", pct_start=0.4, patience=20),
+    "minute": TrainSettings(
+        epochs=100, batch_size=128, lr=1e-4, schedule="onecycle", pct_start=0.4, patience=20
+    ),
 }
 PAPER_DLINEAR_TRAIN = TrainSettings(epochs=10, batch_size=32, lr=0.005, schedule="type1", patience=3)
 
@@ -51,7 +53,7 @@ def read_ett(path: str | Path) -> tuple[np.ndarray, list[str], int]:
     if "date" not in frame.columns or frame.height < 3:
         raise DataError(f"{path} is not an ETT csv (needs a 'date' column and rows); use the unmodified file")
     step = frame["date"].diff().drop_nulls().median()
-    per_hour = int(round(3600 / step.total_seconds())) if step is not None else 0
+    per_hour = round(3600 / step.total_seconds()) if step is not None else 0
     if per_hour not in (1, 4):
         raise DataError(f"{path}: rows are {step} apart; the ETT protocol needs hourly or 15-minute rows")
     columns = [c for c in frame.columns if c != "date"]
@@ -118,7 +120,9 @@ def run_protocol(
                 patience=patience if patience is not None else settings.patience,
             )
         forecaster = Forecaster(name, lookback, horizon, len(columns), hparams, seed=seed)
-        fit = forecaster.fit(sets["train"], sets["val"], settings, device=device, seed=seed, progress=progress)
+        fit = forecaster.fit(
+            sets["train"], sets["val"], settings, device=device, seed=seed, progress=progress
+        )
         val = forecaster.score(sets["val"], device)
         test = forecaster.score(sets["test"], device)
         entry: dict[str, Any] = {
@@ -137,7 +141,9 @@ def run_protocol(
                 epochs_run=fit.epochs_run,
                 samples_per_second=fit.samples_per_second,
             )
-        log.info("%s H=%d: test mse %.4f mae %.4f (val %.4f)", name, horizon, test["mse"], test["mae"], val["mse"])
+        log.info(
+            "%s H=%d: test mse %.4f mae %.4f (val %.4f)", name, horizon, test["mse"], test["mae"], val["mse"]
+        )
         result[name] = entry
     result["seconds"] = time.perf_counter() - started
     # CPU seconds of this process: with other jobs on the machine, cpu_seconds / threads is what

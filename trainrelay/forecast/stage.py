@@ -76,7 +76,12 @@ def train_forecaster(
     _, windows, channels, scaler = load_fold(features_path, scaler_path, segments_path, config)
     log.info(
         "forecaster: fold %d, channels %s, windows train %d / val %d / test %d, device %s",
-        fc["fold"], channels, len(windows["train"]), len(windows["val"]), len(windows["test"]), device,
+        fc["fold"],
+        channels,
+        len(windows["train"]),
+        len(windows["val"]),
+        len(windows["test"]),
+        device,
     )
     ckpt = config["checkpoint"]
     store = StateStore(
@@ -90,16 +95,31 @@ def train_forecaster(
     main_fit: FitResult | None = None
     main_forecaster: Forecaster | None = None
     for name in order:
-        forecaster = Forecaster(name, fc["lookback"], fc["horizon"], len(channels), _hparams(fc, name), seed=seed)
+        forecaster = Forecaster(
+            name, fc["lookback"], fc["horizon"], len(channels), _hparams(fc, name), seed=seed
+        )
         is_main = name == main
         fit = forecaster.fit(
-            windows["train"], windows["val"], _settings(fc, name), device=device, seed=seed,
-            store=store if is_main else None, budget=budget if is_main else None, progress=progress,
+            windows["train"],
+            windows["val"],
+            _settings(fc, name),
+            device=device,
+            seed=seed,
+            store=store if is_main else None,
+            budget=budget if is_main else None,
+            progress=progress,
         )
         val, test = forecaster.score(windows["val"], device), forecaster.score(windows["test"], device)
-        models[name] = {"val_mse": val["mse"], "val_mae": val["mae"], "test_mse": test["mse"], "test_mae": test["mae"]}
+        models[name] = {
+            "val_mse": val["mse"],
+            "val_mae": val["mae"],
+            "test_mse": test["mse"],
+            "test_mae": test["mae"],
+        }
         if not all(math.isfinite(v) for v in models[name].values()):
-            raise DataError(f"forecaster: {name} produced non-finite metrics {models[name]}; check the features")
+            raise DataError(
+                f"forecaster: {name} produced non-finite metrics {models[name]}; check the features"
+            )
         log.info("forecaster %s: val mse %.5f, test mse %.5f", name, val["mse"], test["mse"])
         if is_main:
             main_fit, main_forecaster = fit, forecaster
@@ -126,7 +146,10 @@ def train_forecaster(
     }
     main_forecaster.module.to("cpu")
     save_forecaster(
-        checkpoint_out, main_forecaster, channels, scaling,
+        checkpoint_out,
+        main_forecaster,
+        channels,
+        scaling,
         extra={"fold": fc["fold"], "best_epoch": metrics["best_epoch"], "val_mse": models[main]["val_mse"]},
     )
     write_loss_csv(loss_out, history)
@@ -135,7 +158,9 @@ def train_forecaster(
     return metrics
 
 
-def _track(config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]], ckpt: Any) -> None:
+def _track(
+    config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]], ckpt: Any
+) -> None:
     """Log to the optional experiment tracker (W&B / MLflow) when the workflow configures one."""
     from trainrelay import tracking
 

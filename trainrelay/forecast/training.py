@@ -50,12 +50,16 @@ class TrainSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(section) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
         settings = cls(**section)
         if settings.schedule not in SCHEDULES:
             raise ConfigError(f"{where}.schedule '{settings.schedule}' must be one of {', '.join(SCHEDULES)}")
         if settings.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"{where}.optimizer '{settings.optimizer}' must be one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(
+                f"{where}.optimizer '{settings.optimizer}' must be one of {', '.join(OPTIMIZERS)}"
+            )
         if settings.epochs < 1 or settings.batch_size < 1 or settings.patience < 1:
             raise ConfigError(f"{where}: epochs, batch_size and patience must be >= 1")
         return settings
@@ -116,7 +120,9 @@ def _make_scheduler(
         )
     if s.schedule == "type3":
         hold = s.hold_epochs
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0 if e < hold else 0.9 ** (e - hold + 1))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: 1.0 if e < hold else 0.9 ** (e - hold + 1)
+        )
     if s.schedule == "type1":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5**e)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
@@ -134,7 +140,9 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, windows: WindowSet, device: torch.device, batch_size: int = 128) -> dict[str, float]:
+def evaluate(
+    module: nn.Module, windows: WindowSet, device: torch.device, batch_size: int = 128
+) -> dict[str, float]:
     """MSE and MAE over every window, horizon step and channel (scaled values)."""
     if len(windows) == 0:
         raise DataError("no evaluation windows: the split is shorter than lookback + horizon")
@@ -230,21 +238,28 @@ def fit_module(
     def stop_for_budget(where: str) -> None:
         if budget is not None and budget.exhausted():
             save()
+            where_saved = store.directory if store is not None else "(nowhere: no state store)"
             raise BudgetExhausted(
                 f"time budget of {budget.budget_minutes:g} min reached after {where}; state saved to "
-                f"{store.directory if store else '(nowhere: no state dir)'} — rerun the same command to resume"
+                f"{where_saved} — rerun the same command to resume"
             )
 
     module.train()
     while not finished and epoch < s.epochs:
         if order is None:
             # A generator per epoch: the order is reproducible and saved with mid-epoch state.
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            order = torch.randperm(
+                len(train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            )
             batch, loss_sum, seen, epoch_seconds = 0, 0.0, 0, 0.0
         started = time.perf_counter()
         bar = tqdm(
-            total=n_batches, initial=batch, desc=f"{label} epoch {epoch + 1}/{s.epochs}", disable=not progress,
-            leave=False, mininterval=1.0,
+            total=n_batches,
+            initial=batch,
+            desc=f"{label} epoch {epoch + 1}/{s.epochs}",
+            disable=not progress,
+            leave=False,
+            mininterval=1.0,
         )
         while batch < n_batches:
             index = order[batch * s.batch_size : (batch + 1) * s.batch_size]
@@ -255,7 +270,9 @@ def fit_module(
                 pred = module(x)
             loss = nn.functional.mse_loss(pred.float(), y)
             if not torch.isfinite(loss):
-                raise DataError(f"{label}: training loss became {float(loss)} at epoch {epoch + 1}; lower the lr")
+                raise DataError(
+                    f"{label}: training loss became {float(loss)} at epoch {epoch + 1}; lower the lr"
+                )
             loss.backward()
             optimizer.step()
             if s.schedule == "onecycle":
@@ -264,14 +281,14 @@ def fit_module(
             seen += len(index)
             batch += 1
             bar.update(1)
-            if store is not None and budget is not None and batch < n_batches:
-                if budget.due() or budget.exhausted():
-                    now = time.perf_counter()
-                    epoch_seconds += now - started
-                    train_seconds += now - started
-                    started = now
-                    save()
-                    stop_for_budget(f"epoch {epoch} (and batch {batch} of epoch {epoch + 1})")
+            between_batches = store is not None and budget is not None and batch < n_batches
+            if between_batches and (budget.due() or budget.exhausted()):
+                now = time.perf_counter()
+                epoch_seconds += now - started
+                train_seconds += now - started
+                started = now
+                stop_for_budget(f"epoch {epoch} (+ {batch} batches of epoch {epoch + 1})")
+                save()
         bar.close()
         elapsed = time.perf_counter() - started
         epoch_seconds += elapsed
@@ -281,10 +298,23 @@ def fit_module(
         epoch_seconds += time.perf_counter() - started - elapsed  # the csv's seconds include validation
         lr = optimizer.param_groups[0]["lr"]
         history.append(
-            {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val_mse, "lr": lr, "seconds": epoch_seconds}
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen,
+                "val_loss": val_mse,
+                "lr": lr,
+                "seconds": epoch_seconds,
+            }
         )
-        log.info("%s epoch %d: train %.5f val %.5f lr %.2e (%.1fs)", label, epoch + 1, loss_sum / seen, val_mse, lr,
-                 epoch_seconds)
+        log.info(
+            "%s epoch %d: train %.5f val %.5f lr %.2e (%.1fs)",
+            label,
+            epoch + 1,
+            loss_sum / seen,
+            val_mse,
+            lr,
+            epoch_seconds,
+        )
         if val_mse < best_val:
             best_val, best_epoch, bad_epochs = val_mse, epoch + 1, 0
             best_weights = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}

@@ -119,7 +119,9 @@ def backtest(
     }
     equity = pl.concat(curves).with_columns(
         pl.col("fold").cast(pl.Int32),
-        pl.from_epoch(pl.col("timestamp"), time_unit="ms").dt.replace_time_zone("UTC"),
+        pl.from_epoch(pl.col("timestamp"), time_unit="ms")
+        .dt.cast_time_unit("ms")
+        .dt.replace_time_zone("UTC"),
     )
     result = {
         "strategies": overall,

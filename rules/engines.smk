@@ -1,0 +1,58 @@
+"""Inference engines: export_onnx (parity-checked) -> benchmark (measure, constrain, select)."""
+
+
+rule export_onnx:
+    input:
+        forecaster=rules.train_forecaster.output.checkpoint,
+        policy=rules.train_policy.output.policy,
+        features=rules.segments.output.features,
+        scaler=rules.segments.output.scaler,
+        segments=rules.segments.output.metadata,
+        forecasts=rules.precompute.output.forecasts,
+        text=rules.embeddings.output.embeddings,
+    output:
+        forecaster=f"{RESULTS}/models/forecaster.onnx",
+        policy=f"{RESULTS}/models/policy.onnx",
+        parity=f"{RESULTS}/models/onnx_parity.json",
+        forecaster_inputs=f"{RESULTS}/models/forecaster_inputs.npy",
+        policy_inputs=f"{RESULTS}/models/policy_inputs.npy",
+    log:
+        f"{LOGS}/export_onnx.log",
+    benchmark:
+        f"{BENCH}/export_onnx.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/export_onnx.py"
+
+
+rule benchmark:
+    input:
+        forecaster=rules.train_forecaster.output.checkpoint,
+        policy=rules.train_policy.output.policy,
+        forecaster_onnx=rules.export_onnx.output.forecaster,
+        policy_onnx=rules.export_onnx.output.policy,
+        forecaster_inputs=rules.export_onnx.output.forecaster_inputs,
+        policy_inputs=rules.export_onnx.output.policy_inputs,
+    output:
+        metrics=f"{RESULTS}/benchmark/metrics.parquet",
+        csv=report(
+            f"{RESULTS}/benchmark/metrics.csv",
+            category="Engines",
+            caption="../docs/snakemake-report/benchmark.rst",
+        ),
+        raw=f"{RESULTS}/benchmark/raw_samples.parquet",
+        selection=f"{RESULTS}/benchmark/selection.json",
+    params:
+        trt_cache=f"{RESULTS}/benchmark/trt_cache",
+    log:
+        f"{LOGS}/benchmark.log",
+    benchmark:
+        f"{BENCH}/benchmark.tsv"
+    # one thread: timings taken while another job competes for the cores are noise
+    threads: 1
+    resources:
+        gpu=GPUS,
+        mem_mb=4000,
+    script:
+        "../scripts/benchmark.py"

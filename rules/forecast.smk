@@ -1,0 +1,51 @@
+"""Forecaster: train_forecaster -> precompute (leak-free forecast features for the policy)."""
+
+
+rule train_forecaster:
+    input:
+        features=rules.segments.output.features,
+        scaler=rules.segments.output.scaler,
+        segments=rules.segments.output.metadata,
+        environment=rules.environment.output.environment,
+    output:
+        checkpoint=f"{RESULTS}/checkpoints/forecaster.pt",
+        loss=report(
+            f"{RESULTS}/artifacts/loss/forecaster.csv",
+            category="Forecaster",
+            caption="../docs/snakemake-report/forecaster_loss.rst",
+        ),
+        metrics=f"{RESULTS}/metrics/forecaster.json",
+    params:
+        # resumable state lives outside the declared outputs (Snakemake deletes those on failure)
+        state_dir=f"{STATE_DIR}/train_forecaster",
+    log:
+        f"{LOGS}/train_forecaster.log",
+    benchmark:
+        f"{BENCH}/train_forecaster.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/train_forecaster.py"
+
+
+rule precompute:
+    input:
+        checkpoint=rules.train_forecaster.output.checkpoint,
+        features=rules.segments.output.features,
+        scaler=rules.segments.output.scaler,
+    output:
+        forecasts=f"{RESULTS}/features/forecast_features.parquet",
+    log:
+        f"{LOGS}/precompute.log",
+    benchmark:
+        f"{BENCH}/precompute.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/precompute.py"
