@@ -71,8 +71,17 @@ def stage_targets(stage):
             f"{RESULTS}/segments/features.parquet",
             f"{RESULTS}/embeddings/text_embeddings.parquet",
         ],
+        "train_forecaster": [f"{RESULTS}/metrics/forecaster.json"],
+        "precompute": [f"{RESULTS}/features/forecast_features.parquet"],
+        "train_policy": [f"{RESULTS}/checkpoints/ppo_policy.zip"],
+        "evaluate_policy": [f"{RESULTS}/metrics/policy.json"],
+        "export_onnx": [f"{RESULTS}/models/onnx_parity.json"],
+        "benchmark": [f"{RESULTS}/benchmark/selection.json"],
+        "report": [f"reports/{RUN}/report.html"],
+        "validate": [f"{RESULTS}/validation.json"],
+        "dashboard": ["reports/dashboard/data/dashboard-state.json"],
     }
-    return targets.get(stage, [])
+    return targets[stage]
 
 
 def final_targets():

@@ -96,7 +96,11 @@ def _manifest(results: Path) -> str:
     _rows(frame, "base_manifest.parquet")
     if frame["sha256"].null_count():
         raise _Failed("base_manifest.parquet: some files have no sha256")
-    _numeric_finite(frame, ("rows", "gaps", "bytes"), "base_manifest.parquet")
+    _numeric_finite(frame, ("rows", "bytes"), "base_manifest.parquet")
+    # gaps are counted for bar data only; funding and event files have none by definition
+    bars = frame.filter(pl.col("kind").is_in(["klines", "series"]))
+    if bars.height:
+        _numeric_finite(bars, ("gaps",), "base_manifest.parquet (bar files)")
     return f"{frame.height} files, {int(frame['rows'].sum())} rows"
 
 

@@ -31,10 +31,21 @@ class WindowSet:
     def n_channels(self) -> int:
         return int(self.data.shape[1])
 
+    def to(self, device: torch.device) -> WindowSet:
+        """A copy on ``device`` (through pinned memory for CUDA), so batches are gathered there."""
+        if self.data.device == device:
+            return self
+        move = (
+            (lambda t: t.pin_memory().to(device, non_blocking=True))
+            if device.type == "cuda"
+            else (lambda t: t.to(device))
+        )
+        return WindowSet(move(self.data), move(self.starts), self.lookback, self.horizon)
+
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs ``[b, lookback, C]`` and targets ``[b, horizon, C]`` of the windows ``index``."""
-        offsets = torch.arange(self.lookback + self.horizon)
-        rows = self.starts[index].unsqueeze(1) + offsets
+        offsets = torch.arange(self.lookback + self.horizon, device=self.data.device)
+        rows = self.starts[index.to(self.starts.device)].unsqueeze(1) + offsets
         window = self.data[rows]
         return window[:, : self.lookback], window[:, self.lookback :]
 
