@@ -23,7 +23,9 @@ configfile: "config/config.yaml"
 # snakemake's validate for its defaults handling.
 try:
     check_config(
-        config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"), "your config"
+        config,
+        load_schema(Path(workflow.basedir) / "config" / "schema.yaml"),
+        "your config",
     )
 except TrainrelayError as exc:
     sys.exit(f"trainrelay: error: {exc}")
@@ -35,6 +37,7 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 RAW = f"data/raw/{config['source']}"
 STATE_DIR = config["checkpoint"]["state_dir"] or f"{RESULTS}/state"
+CONDA_ENV = "../envs/trainrelay.yaml"
 # GPU rules ask the scheduler for a GPU unless the config pins the run to the CPU; a profile's
 # `resources: gpu=N` then caps how many GPU jobs run at once (`--gpus=1` per job on Slurm).
 GPUS = 0 if config["device"] == "cpu" else 1
@@ -60,6 +63,37 @@ def raw_files():
         return [f"{RAW}/{path}" for path in raw_targets(config)]
     except TrainrelayError as exc:
         sys.exit(f"trainrelay: error: {exc}")
+
+
+def raw_root_of(paths):
+    """The raw-data root as a job sees it, derived from a real path: with a storage plugin the
+    files live under a local storage prefix, so the configured RAW would point elsewhere.
+    """
+    first, depth = Path(str(paths[0])), len(Path(raw_targets(config)[0]).parts)
+    return str(first.parents[depth - 1])
+
+
+def parent_dir(path, levels=1):
+    """Directory ``levels`` above ``path`` (e.g. results/<run> from results/<run>/environment.json)."""
+    return str(Path(str(path)).parents[levels - 1])
+
+
+def report_inputs():
+    """Everything the report summarises, by name; the report is rebuilt when any of it changes."""
+    return {
+        "environment": rules.environment.output.environment,
+        "manifest": rules.manifest.output.manifest,
+        "segments": rules.segments.output.metadata,
+        "forecaster_loss": rules.train_forecaster.output.loss,
+        "forecaster_metrics": rules.train_forecaster.output.metrics,
+        "forecasts": rules.precompute.output.forecasts,
+        "policy_loss": rules.train_policy.output.loss,
+        "policy_metrics": rules.evaluate_policy.output.metrics,
+        "equity_curve": rules.evaluate_policy.output.equity_curve,
+        "parity": rules.export_onnx.output.parity,
+        "benchmark": rules.benchmark.output.metrics,
+        "selection": rules.benchmark.output.selection,
+    }
 
 
 def stage_targets(stage):

@@ -4,14 +4,16 @@
 rule acquire:
     output:
         raw_files(),
-    params:
-        raw_root=RAW,
     log:
         f"{LOGS}/acquire.log",
     benchmark:
         f"{BENCH}/acquire.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
+    params:
+        raw_root=lambda wildcards, output: raw_root_of(output),
     script:
         "../scripts/acquire.py"
 
@@ -21,14 +23,16 @@ rule manifest:
         raw=raw_files(),
     output:
         manifest=f"{RESULTS}/manifest/base_manifest.parquet",
-    params:
-        raw_root=RAW,
     log:
         f"{LOGS}/manifest.log",
     benchmark:
         f"{BENCH}/manifest.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
+    params:
+        raw_root=lambda wildcards, input: raw_root_of(input.raw),
     script:
         "../scripts/manifest.py"
 
@@ -41,12 +45,12 @@ rule segments:
         features=f"{RESULTS}/segments/features.parquet",
         scaler=f"{RESULTS}/segments/scaler.json",
         metadata=f"{RESULTS}/segments/segments_metadata.parquet",
-    params:
-        raw_root=RAW,
     log:
         f"{LOGS}/segments.log",
     benchmark:
         f"{BENCH}/segments.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=4000,
     script:
@@ -65,6 +69,8 @@ rule embeddings:
         f"{LOGS}/embeddings.log",
     benchmark:
         f"{BENCH}/embeddings.tsv"
+    conda:
+        CONDA_ENV
     resources:
         gpu=GPUS,
         mem_mb=4000,

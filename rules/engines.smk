@@ -20,6 +20,8 @@ rule export_onnx:
         f"{LOGS}/export_onnx.log",
     benchmark:
         f"{BENCH}/export_onnx.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=4000,
     script:
@@ -43,16 +45,18 @@ rule benchmark:
         ),
         raw=f"{RESULTS}/benchmark/raw_samples.parquet",
         selection=f"{RESULTS}/benchmark/selection.json",
-    params:
-        trt_cache=f"{RESULTS}/benchmark/trt_cache",
     log:
         f"{LOGS}/benchmark.log",
     benchmark:
         f"{BENCH}/benchmark.tsv"
+    conda:
+        CONDA_ENV
     # one thread: timings taken while another job competes for the cores are noise
     threads: 1
     resources:
         gpu=GPUS,
         mem_mb=4000,
+    params:
+        trt_cache=f"{RESULTS}/benchmark/trt_cache",
     script:
         "../scripts/benchmark.py"

@@ -15,18 +15,20 @@ rule train_forecaster:
             caption="../docs/snakemake-report/forecaster_loss.rst",
         ),
         metrics=f"{RESULTS}/metrics/forecaster.json",
-    params:
-        # resumable state lives outside the declared outputs (Snakemake deletes those on failure)
-        state_dir=f"{STATE_DIR}/train_forecaster",
     log:
         f"{LOGS}/train_forecaster.log",
     benchmark:
         f"{BENCH}/train_forecaster.tsv"
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=GPUS,
         mem_mb=8000,
         runtime=240,
+    params:
+        # resumable state lives outside the declared outputs (Snakemake deletes those on failure)
+        state_dir=f"{STATE_DIR}/train_forecaster",
     script:
         "../scripts/train_forecaster.py"
 
@@ -42,6 +44,8 @@ rule precompute:
         f"{LOGS}/precompute.log",
     benchmark:
         f"{BENCH}/precompute.tsv"
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=GPUS,

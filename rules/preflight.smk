@@ -4,11 +4,13 @@
 rule environment:
     output:
         environment=f"{RESULTS}/environment.json",
-    params:
-        device=config["device"],
     log:
         f"{LOGS}/environment.log",
     benchmark:
         f"{BENCH}/environment.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        device=config["device"],
     script:
         "../scripts/environment.py"

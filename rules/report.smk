@@ -1,27 +1,13 @@
-"""Report (HTML/PDF/JSON/CSV), the required-artifact validation and the dashboard state."""
+"""Report (HTML/PDF/JSON/CSV), the required-artifact validation and the dashboard state.
 
-
-def report_inputs(wildcards):
-    """Everything the report summarises; listed so the report is rebuilt when any of it changes."""
-    return [
-        rules.environment.output.environment,
-        rules.manifest.output.manifest,
-        rules.segments.output.metadata,
-        rules.train_forecaster.output.loss,
-        rules.train_forecaster.output.metrics,
-        rules.precompute.output.forecasts,
-        rules.train_policy.output.loss,
-        rules.evaluate_policy.output.metrics,
-        rules.evaluate_policy.output.equity_curve,
-        rules.export_onnx.output.parity,
-        rules.benchmark.output.metrics,
-        rules.benchmark.output.selection,
-    ]
+Folders are derived from the jobs' own input paths (never from RESULTS) so that the rules also
+work when a storage plugin (Colab's Drive, RunPod's S3) stages files under a local prefix.
+"""
 
 
 rule report:
     input:
-        report_inputs,
+        **report_inputs(),
     output:
         html=report(
             f"reports/{RUN}/report.html",
@@ -35,35 +21,43 @@ rule report:
             category="Report",
             caption="../docs/snakemake-report/metrics.rst",
         ),
-    params:
-        results=RESULTS,
-        repo=workflow.basedir,
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
+    params:
+        results=lambda wildcards, input: parent_dir(input.environment),
+        repo=workflow.basedir,
     script:
         "../scripts/report.py"
 
 
 rule validate:
     input:
-        report_inputs,
-        rules.report.output,
-        rules.export_onnx.output,
-        rules.train_forecaster.output.checkpoint,
-        rules.train_policy.output.policy,
+        **report_inputs(),
+        html=rules.report.output.html,
+        pdf=rules.report.output.pdf,
+        report_json=rules.report.output.json,
+        report_csv=rules.report.output.csv,
+        onnx=rules.export_onnx.output.forecaster,
+        policy_onnx=rules.export_onnx.output.policy,
+        forecaster_checkpoint=rules.train_forecaster.output.checkpoint,
+        policy_checkpoint=rules.train_policy.output.policy,
     output:
         validation=f"{RESULTS}/validation.json",
-    params:
-        results=RESULTS,
-        reports=f"reports/{RUN}",
     log:
         f"{LOGS}/validate.log",
     benchmark:
         f"{BENCH}/validate.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        results=lambda wildcards, input: parent_dir(input.environment),
+        reports=lambda wildcards, input: parent_dir(input.html),
     script:
         "../scripts/validate.py"
 
@@ -74,12 +68,14 @@ rule dashboard:
         report=rules.report.output.json,
     output:
         state="reports/dashboard/data/dashboard-state.json",
-    params:
-        results=RESULTS,
-        reports=f"reports/{RUN}",
     log:
         f"{LOGS}/dashboard.log",
     benchmark:
         f"{BENCH}/dashboard.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        results=lambda wildcards, input: parent_dir(input.validation),
+        reports=lambda wildcards, input: parent_dir(input.report),
     script:
         "../scripts/dashboard.py"

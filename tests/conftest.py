@@ -13,7 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "profiles"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "profiles", "envs", "docs"]
 
 # The tiny config every workflow test starts from: one symbol, one month, small models.
 TINY = {

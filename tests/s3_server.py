@@ -69,7 +69,11 @@ def _free_port() -> int:
 def _set_auth_after(endpoint: str, count: float) -> None:
     """moto's own switch: requests after the next ``count`` must carry a known, valid signature."""
     request = urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth", data=str(count).encode(), method="POST"
+        f"{endpoint}/moto-api/reset-auth",
+        data=str(count).encode(),
+        method="POST",
+        # not form-encoded: moto reads the raw body as the number
+        headers={"Content-Type": "text/plain"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         json.loads(response.read())

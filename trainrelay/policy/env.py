@@ -4,7 +4,9 @@ At bar t the agent sees the market observation of bar t (known at its close), it
 and the unrealised PnL of the open trade, and chooses the target position p in [-1, 1] held until
 bar t+1. The reward is ``p * r_{t+1} - cost * |p - p_prev| - p * funding_{t+1}`` (log returns;
 a long pays a positive funding rate at funding times, a short receives it), multiplied by
-``reward_scale`` so that PPO sees rewards of order one. Evaluation uses :func:`trade_step` too, so
+``reward_scale`` so that PPO sees rewards of order one. ``turnover_penalty`` (training only) is an
+extra charge per unit of position change on top of the trading cost: it makes the learned policy
+hold its position through noise that would otherwise flip it bar to bar. Evaluation uses :func:`trade_step` too, so
 the backtest and the training reward are the same arithmetic.
 """
 
@@ -51,6 +53,7 @@ class TradingEnv(gym.Env):
         episodes: list[tuple[int, int, int]],
         trading_cost: float,
         reward_scale: float = 1.0,
+        turnover_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         if not episodes:
@@ -59,6 +62,7 @@ class TradingEnv(gym.Env):
         self.episodes = episodes
         self.trading_cost = float(trading_cost)
         self.reward_scale = float(reward_scale)
+        self.turnover_penalty = float(turnover_penalty)
         market_dim = series[0].market_obs.shape[1]
         self.observation_space = gym.spaces.Box(
             -OBS_CLIP, OBS_CLIP, shape=(market_dim + 2,), dtype=np.float32
@@ -93,6 +97,7 @@ class TradingEnv(gym.Env):
         net, gross, trading, funding = trade_step(
             self._position, target, s.log_return[nxt], s.funding[nxt], self.trading_cost
         )
+        shaped = float(net) - self.turnover_penalty * abs(target - self._position)
         self._upnl = float(next_unrealised(self._upnl, self._position, target, gross))
         self._position = target
         self._t = nxt
@@ -103,7 +108,7 @@ class TradingEnv(gym.Env):
         if truncated:
             # read by SB3's episode-info buffer (what Monitor would provide), in unscaled log-return units
             info["episode"] = {"r": self._ep_return, "l": self._ep_len, "t": 0.0}
-        return self._obs(), float(net) * self.reward_scale, False, truncated, info
+        return self._obs(), shaped * self.reward_scale, False, truncated, info
 
     # Exact resume: the mid-episode state and the RNG of the env travel with the training state.
     def get_state(self) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Train the PPO trading policy (Stable-Baselines3) on fold ``policy.fold``'s train episodes, resumably.
+"""Train the PPO trading policy (Stable-Baselines3) on one walk-forward fold's train episodes, resumably.
+
+Fold k's policy sees only fold k's train split (an expanding window: everything up to
+``embargo_bars`` before fold k's val block) and is evaluated on fold k's test block, so the folds
+are independent jobs (``train_policy_fold`` in rules/policy.smk).
 
 Resume works like the forecaster's: at every rollout boundary (after PPO's update on the previous
 rollout, the only point where PPO's state is consistent) the model with its optimizer, the
@@ -64,19 +68,20 @@ VARIANTS = {
 }
 
 
-def observation_for(config: dict[str, Any], variant: str | None) -> dict[str, bool]:
-    """The observation flags of an ablation variant; the config's own flags when ``variant`` is None."""
+def observation_for(config: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """The config's observation (flags, feature subset, trend windows) with a variant's flags applied."""
+    observation = dict(config["policy"]["observation"])
     if variant is None:
-        return dict(config["policy"]["observation"])
+        return observation
     if variant not in VARIANTS:
         raise ConfigError(f"ablation variant '{variant}' is not one of {', '.join(VARIANTS)}")
-    return dict(VARIANTS[variant])
+    return {**observation, **VARIANTS[variant]}
 
 
-def default_state_dir(config: dict[str, Any], variant: str | None = None) -> Path:
-    """``<checkpoint.state_dir or results/<run>/state>/train_policy[/<variant>]``."""
+def default_state_dir(config: dict[str, Any], fold: int, variant: str | None = None) -> Path:
+    """``<checkpoint.state_dir or results/<run>/state>/train_policy/fold<k>[/<variant>]``."""
     root = config["checkpoint"].get("state_dir") or Path("results") / config["run"] / "state"
-    path = Path(root) / "train_policy"
+    path = Path(root) / "train_policy" / f"fold{int(fold)}"
     return path / variant if variant else path
 
 
@@ -211,9 +216,9 @@ def _resolve_device(requested: str) -> torch.device:
 
 
 def prepare(
-    paths: dict[str, str | Path | None], policy_cfg: dict[str, Any], observation: dict[str, bool]
+    paths: dict[str, str | Path | None], policy_cfg: dict[str, Any], observation: dict[str, Any], fold: int
 ) -> tuple[ObservationSpec, list, list[tuple[int, int, int]]]:
-    """Fit the observation recipe and build the train episodes of ``policy.fold``."""
+    """Fit the observation recipe and build the train episodes of ``fold``."""
     inputs = load_inputs(
         paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths.get("text")
     )
@@ -221,7 +226,7 @@ def prepare(
         raise DataError(
             "policy.observation.text is true but no text_embeddings.parquet was given; set it false"
         )
-    fold = int(policy_cfg["fold"])
+    fold = int(fold)
     spec = fit_spec(inputs, fold, observation, policy_cfg["text"])
     series = build_series(inputs, spec, policy_cfg["funding_every_hours"])
     episodes = episode_index_ranges(series, split_ranges(inputs.segments, fold, "train"))
@@ -236,9 +241,10 @@ def train_policy(
     loss_out: str | Path,
     config: dict[str, Any],
     state_dir: str | Path,
-    observation: dict[str, bool] | None = None,
+    fold: int,
+    observation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) PPO and write ``policy_out`` (zip with meta) and ``loss_out`` (CSV).
+    """Train (or resume) PPO on ``fold``'s train split; write ``policy_out`` (zip with meta) and ``loss_out``.
 
     ``paths``: features, scaler, segments, forecasts, text (None: no text file). ``observation``
     overrides ``config["policy"]["observation"]`` (the ablation variants).
@@ -261,14 +267,17 @@ def train_policy(
     torch.set_num_threads(1)
     device = _resolve_device(policy_cfg["device"])
 
-    spec, series, episodes = prepare(paths, policy_cfg, observation)
+    spec, series, episodes = prepare(paths, policy_cfg, observation, fold)
     cost, scale = float(policy_cfg["trading_cost"]), float(policy_cfg["reward_scale"])
-    env_fns = [(lambda: TradingEnv(series, episodes, cost, scale)) for _ in range(int(ppo_cfg["n_envs"]))]
+    penalty = float(policy_cfg.get("turnover_penalty", 0.0))
+    env_fns = [
+        (lambda: TradingEnv(series, episodes, cost, scale, penalty)) for _ in range(int(ppo_cfg["n_envs"]))
+    ]
     venv = make_vec_env(env_fns, ppo_cfg["vec_env"])
 
     inputs_hash = {k: file_sha256(v) for k, v in sorted(paths.items()) if v is not None}
     fingerprint = config_fingerprint(
-        {"policy": policy_cfg, "observation": observation, "seed": seed, "inputs": inputs_hash}
+        {"policy": policy_cfg, "observation": observation, "fold": int(fold), "seed": seed, "inputs": inputs_hash}
     )
     store = StateStore(state_dir, fingerprint, keep=int(config["checkpoint"]["keep"]))
     budget = TimeBudget(
@@ -291,7 +300,7 @@ def train_policy(
         callback = _StateCallback(save_state, budget, rows, seconds_before, int(model.num_timesteps))
         remaining = max(0, total - int(model.num_timesteps))
         with tracking.start(config, stage="policy") as tracker:
-            tracker.log_params({"observation": observation, **ppo_cfg, "seed": seed})
+            tracker.log_params({"observation": observation, **ppo_cfg, "seed": seed, "fold": int(fold)})
             if remaining > 0:
                 model.learn(
                     total_timesteps=remaining,
@@ -314,10 +323,12 @@ def train_policy(
             meta = {
                 "obs_dim": spec.obs_dim,
                 "observation": observation,
+                "fold": int(fold),
                 "feature_names": spec.names(),
                 "spec": spec.to_dict(),
                 "trading_cost": cost,
                 "reward_scale": scale,
+                "turnover_penalty": penalty,
                 "funding_every_hours": policy_cfg["funding_every_hours"],
                 "timesteps": int(model.num_timesteps),
                 "seed": seed,
