@@ -31,6 +31,16 @@ except TrainrelayError as exc:
     sys.exit(f"trainrelay: error: {exc}")
 validate(config, schema="../config/schema.yaml")
 
+# RunPod's S3 mode (profiles/runpod-s3): one request checks endpoint, keys and bucket, so a wrong key
+# ends in one line here instead of the storage plugin's traceback during the DAG build.
+if workflow.storage_settings.default_storage_provider == "s3":
+    from trainrelay.runpod import check_s3_access
+
+    try:
+        check_s3_access(workflow.storage_settings.default_storage_prefix)
+    except TrainrelayError as exc:
+        sys.exit(f"trainrelay: error: {exc}")
+
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"

@@ -32,7 +32,8 @@ rule manifest:
     resources:
         mem_mb=2000,
     params:
-        raw_root=lambda wildcards, input: raw_root_of(input.raw),
+        # the logical root: the manifest records data/raw/<source>/... wherever the files were staged
+        raw_root=lambda wildcards: RAW,
     script:
         "../scripts/manifest.py"
 

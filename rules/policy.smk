@@ -1,8 +1,22 @@
-"""Policy: train_policy (PPO on the train segments) -> evaluate_policy (walk-forward test blocks).
+"""Policy, walk-forward: train_policy_fold (one PPO per fold) -> evaluate_policy (fold k's policy
+trades fold k's test block).
 
-Ablations (config policy.ablations) train the same policy without forecast features or without
-text embeddings, so the report can show what each input contributes.
+Fold k's policy trains on fold k's train split only (an expanding window), so the folds are
+independent jobs that a cluster runs in parallel. Ablations (config policy.ablations) train the same
+policy without forecast features or without text embeddings, on every fold or on the last one only
+(policy.ablation_folds), so the report can show what each input contributes.
 """
+
+# split: fixed has a single fold 0
+POLICY_FOLDS = (
+    [0]
+    if config["segments"]["split"] == "fixed"
+    else list(range(config["segments"]["folds"]))
+)
+LAST_FOLD = POLICY_FOLDS[-1]
+ABLATION_FOLDS = (
+    POLICY_FOLDS if config["policy"]["ablation_folds"] == "all" else [LAST_FOLD]
+)
 
 
 def policy_inputs():
@@ -15,9 +29,37 @@ def policy_inputs():
     }
 
 
-rule train_policy:
+rule train_policy_fold:
     input:
         **policy_inputs(),
+    output:
+        policy=f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip",
+        loss=f"{RESULTS}/artifacts/loss/folds/{{fold}}/ppo.csv",
+    log:
+        f"{LOGS}/train_policy_fold_{{fold}}.log",
+    benchmark:
+        f"{BENCH}/train_policy_fold_{{fold}}.tsv"
+    wildcard_constraints:
+        fold=r"\d+",
+    # a small MLP PPO is fastest single-threaded; more threads only add contention
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        fold="{fold}",
+        state_dir=f"{STATE_DIR}/train_policy/fold{{fold}}",
+    script:
+        "../scripts/train_policy_fold.py"
+
+
+# The deployable policy (DESIGN's train_policy file target, read by export_onnx and the report) is
+# the last fold's: it has seen the longest history. This rule only copies that fold's files, so the
+# fold is trained once and every fold's policy keeps the same place under checkpoints/folds/.
+rule train_policy:
+    input:
+        policy=f"{RESULTS}/checkpoints/folds/{LAST_FOLD}/ppo_policy.zip",
+        loss=f"{RESULTS}/artifacts/loss/folds/{LAST_FOLD}/ppo.csv",
     output:
         policy=f"{RESULTS}/checkpoints/ppo_policy.zip",
         loss=report(
@@ -25,17 +67,11 @@ rule train_policy:
             category="Policy",
             caption="../docs/snakemake-report/policy_loss.rst",
         ),
-    params:
-        state_dir=f"{STATE_DIR}/train_policy",
     log:
         f"{LOGS}/train_policy.log",
     benchmark:
         f"{BENCH}/train_policy.tsv"
-    # a small MLP PPO is fastest single-threaded; more threads only add contention
     threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=240,
     script:
         "../scripts/train_policy.py"
 
@@ -44,50 +80,60 @@ rule train_policy_ablation:
     input:
         **policy_inputs(),
     output:
-        policy=f"{RESULTS}/checkpoints/ablation/{{variant}}/ppo_policy.zip",
-        loss=f"{RESULTS}/artifacts/loss/ablation/{{variant}}.csv",
-    params:
-        variant="{variant}",
-        state_dir=f"{STATE_DIR}/train_policy/{{variant}}",
+        policy=f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
+        loss=f"{RESULTS}/artifacts/loss/ablation/{{variant}}/folds/{{fold}}/ppo.csv",
+    log:
+        f"{LOGS}/train_policy_ablation_{{variant}}_{{fold}}.log",
+    benchmark:
+        f"{BENCH}/train_policy_ablation_{{variant}}_{{fold}}.tsv"
     wildcard_constraints:
         variant="no_forecast|no_text",
-    log:
-        f"{LOGS}/train_policy_ablation_{{variant}}.log",
-    benchmark:
-        f"{BENCH}/train_policy_ablation_{{variant}}.tsv"
+        fold=r"\d+",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
+    params:
+        fold="{fold}",
+        variant="{variant}",
+        state_dir=f"{STATE_DIR}/train_policy/fold{{fold}}/{{variant}}",
     script:
-        "../scripts/train_policy.py"
+        "../scripts/train_policy_fold.py"
 
 
 rule evaluate_ablation:
     input:
-        policy=rules.train_policy_ablation.output.policy,
         **policy_inputs(),
+        policies=expand(
+            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
+            fold=ABLATION_FOLDS,
+            allow_missing=True,
+        ),
     output:
         metrics=f"{RESULTS}/metrics/ablation/{{variant}}.json",
-    wildcard_constraints:
-        variant="no_forecast|no_text",
     log:
         f"{LOGS}/evaluate_ablation_{{variant}}.log",
     benchmark:
         f"{BENCH}/evaluate_ablation_{{variant}}.tsv"
+    wildcard_constraints:
+        variant="no_forecast|no_text",
     threads: 1
+    params:
+        folds=ABLATION_FOLDS,
     script:
         "../scripts/evaluate_policy.py"
 
 
 rule evaluate_policy:
     input:
-        policy=rules.train_policy.output.policy,
+        **policy_inputs(),
+        policies=expand(
+            f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip", fold=POLICY_FOLDS
+        ),
         ablations=expand(
             f"{RESULTS}/metrics/ablation/{{variant}}.json",
             variant=config["policy"]["ablations"],
         ),
-        **policy_inputs(),
     output:
         metrics=report(
             f"{RESULTS}/metrics/policy.json",
@@ -100,5 +146,7 @@ rule evaluate_policy:
     benchmark:
         f"{BENCH}/evaluate_policy.tsv"
     threads: 1
+    params:
+        folds=POLICY_FOLDS,
     script:
         "../scripts/evaluate_policy.py"

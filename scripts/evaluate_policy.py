@@ -12,15 +12,17 @@ def main(smk):
         "forecasts": smk.input.forecasts,
         "text": smk.input.get("text"),
     }
+    folds = [int(f) for f in smk.params.folds]  # input.policies is expanded in this order
     # metrics/ablation/<variant>.json files, merged under "ablations" by their file name
     ablations = {Path(p).stem: p for p in smk.input.get("ablations", [])}
     evaluate_policy(
-        smk.input.policy,
+        dict(zip(folds, smk.input.policies, strict=True)),
         paths,
         metrics_out=smk.output.metrics,
         equity_out=smk.output.get("equity_curve"),
         ablations=ablations,
         threads=smk.threads,
+        folds=folds,
     )
 
 

@@ -1,26 +1,10 @@
-from trainrelay.policy.train import default_state_dir, observation_for, train_policy
+from trainrelay.policy.train import publish_policy
 from trainrelay.rulerun import run_rule
 
 
 def main(smk):
-    variant = smk.params.get(
-        "variant"
-    )  # None for the main policy; full | no_forecast | no_text for ablations
-    paths = {
-        "features": smk.input.features,
-        "scaler": smk.input.scaler,
-        "segments": smk.input.segments,
-        "forecasts": smk.input.forecasts,
-        "text": smk.input.get("text"),
-    }
-    train_policy(
-        paths,
-        policy_out=smk.output.policy,
-        loss_out=smk.output.loss,
-        config=smk.config,
-        state_dir=smk.params.get("state_dir") or default_state_dir(smk.config, variant),
-        observation=observation_for(smk.config, variant),
-    )
+    # the deployable policy is the last fold's, trained by train_policy_fold; this only copies it
+    publish_policy(smk.input.policy, smk.input.loss, smk.output.policy, smk.output.loss)
 
 
 run_rule(snakemake, main)

@@ -88,7 +88,10 @@ def s3_server(bucket: str) -> Iterator[S3Server]:
     try:
         # Set-up runs before authentication is switched on (moto accepts any key until then).
         iam = boto3.client(
-            "iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="setup",
+            "iam",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id="setup",
             aws_secret_access_key="setup",
         )
         iam.create_user(UserName="pod")

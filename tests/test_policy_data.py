@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from trainrelay.atomic import write_json, write_parquet
-from trainrelay.errors import DataError
+from trainrelay.errors import ConfigError, DataError
 from trainrelay.policy.inputs import load_inputs
 from trainrelay.policy.observations import (
     STATE_NAMES,
@@ -24,6 +24,7 @@ from trainrelay.policy.observations import (
     episode_index_ranges,
     fit_spec,
     split_ranges,
+    trend_frame,
 )
 
 START = datetime(2024, 1, 1, 0, 15, tzinfo=UTC)
@@ -166,13 +167,15 @@ def policy_config(**ppo: object) -> dict:
         "seed": 3,
         "device": "cpu",
         "policy": {
-            "fold": 0,
             "device": "cpu",
-            "observation": {"forecasts": True, "text": True},
+            "observation": {"forecasts": True, "text": True, "features": None, "trend_windows": []},
+            "ablations": [],
+            "ablation_folds": "all",
             "text": {"dim": 4, "half_life_bars": 8},
             "trading_cost": 0.0004,
             "funding_every_hours": 8,
             "reward_scale": 100.0,
+            "turnover_penalty": 0.0,
             "ppo": ppo_cfg,
         },
         "checkpoint": {"every_minutes": 30, "time_budget_minutes": None, "keep": 3, "state_dir": None},
@@ -289,3 +292,46 @@ def test_missing_forecast_rows_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_inputs(tmp_path / "nope.parquet", paths["scaler"], paths["segments"], paths["forecasts"], None)
     assert json.loads(paths["scaler"].read_text())["fitted_on"] == "train"
+
+
+def test_trend_statistic_values_and_no_look_ahead(inputs):
+    w = 16
+    trends = trend_frame(inputs.frame, [w])
+    frame = inputs.frame.with_columns(trends)
+    a = frame.filter(pl.col("symbol") == SYMBOLS[0])
+    r = a["log_return"].to_numpy()
+    t = 200
+    window = r[t - w + 1 : t + 1]
+    expected = window.sum() / (window.std(ddof=1) * np.sqrt(w))
+    assert a["trend_16"][t] == pytest.approx(expected, rel=1e-9)
+    # the first bars use the history there is; the very first has no spread: 0
+    assert a["trend_16"][0] == 0.0
+    head = r[:5]
+    assert a["trend_16"][4] == pytest.approx(head.sum() / (head.std(ddof=1) * np.sqrt(5)), rel=1e-9)
+    # each symbol's windows stay inside that symbol
+    b = frame.filter(pl.col("symbol") == SYMBOLS[1])
+    assert b["trend_16"][0] == 0.0
+    # changing the returns after bar t leaves the statistic at or before t unchanged
+    later = inputs.frame.with_columns(
+        pl.when(pl.int_range(pl.len()).over("symbol") > t)
+        .then(pl.col("log_return") * 5.0)
+        .otherwise(pl.col("log_return"))
+        .alias("log_return")
+    )
+    again = later.with_columns(trend_frame(later, [w])).filter(pl.col("symbol") == SYMBOLS[0])
+    np.testing.assert_array_equal(again["trend_16"][: t + 1].to_numpy(), a["trend_16"][: t + 1].to_numpy())
+    assert again["trend_16"][t + 1] != a["trend_16"][t + 1]
+
+
+def test_feature_subset_and_trend_columns_are_standardised_on_train(inputs):
+    observation = {"forecasts": False, "text": False, "features": ["momentum"], "trend_windows": [8, 32]}
+    spec = fit_spec(inputs, 0, observation, {"dim": 2, "half_life_bars": 8})
+    assert spec.names() == ["momentum", "trend_8", "trend_32", *STATE_NAMES]
+    series = build_series(inputs, spec, 8)
+    train = np.concatenate([s.market_obs[:384, 1:3] for s in series])
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-4)
+    with pytest.raises(ConfigError, match=r"policy\.observation\.features: nope not in"):
+        fit_spec(inputs, 0, {**observation, "features": ["nope"]}, {"dim": 2, "half_life_bars": 8})
+    with pytest.raises(ConfigError, match=r"fold 5 is not a fold in scaler\.json"):
+        fit_spec(inputs, 5, observation, {"dim": 2, "half_life_bars": 8})

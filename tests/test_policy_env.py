@@ -136,3 +136,21 @@ def test_state_restore_reproduces_the_trajectory(real_env):
         np.testing.assert_array_equal(
             a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b
         )
+
+
+def test_turnover_penalty_is_charged_on_position_changes_in_training_only():
+    plain = TradingEnv([_toy_series()], [(0, 0, 5)], trading_cost=0.001, reward_scale=10.0)
+    shaped = TradingEnv([_toy_series()], [(0, 0, 5)], 0.001, reward_scale=10.0, turnover_penalty=0.002)
+    for env in (plain, shaped):
+        env.reset(seed=0)
+    rewards = []
+    for action in (0.5, 0.5, -1.0):
+        _, r_plain, _, _, info_plain = plain.step(np.array([action], np.float32))
+        _, r_shaped, _, _, info_shaped = shaped.step(np.array([action], np.float32))
+        rewards.append((r_plain, r_shaped))
+        assert info_plain == info_shaped  # the trade itself (gross, cost, funding) is unchanged
+    changes = [0.5, 0.0, 1.5]
+    for (r_plain, r_shaped), change in zip(rewards, changes, strict=True):
+        assert r_shaped == pytest.approx(r_plain - 10.0 * 0.002 * change)
+    # the episode return that SB3 logs stays the unshaped net return
+    assert shaped.get_state()["ep_return"] == pytest.approx(plain.get_state()["ep_return"])

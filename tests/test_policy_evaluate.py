@@ -61,11 +61,20 @@ def test_forecast_sign_positions():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """One policy per fold, each trained on its own fold's train split."""
     root = tmp_path_factory.mktemp("eval")
     paths = write_inputs(root / "in")
     config = policy_config(total_timesteps=2048, n_steps=128, n_envs=2)
-    train_policy(paths, root / "ppo_policy.zip", root / "ppo.csv", config, state_dir=root / "state")
+    for fold in (0, 1):
+        out = root / f"fold{fold}"
+        train_policy(
+            paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", fold=fold
+        )
     return root, paths
+
+
+def _policies(root) -> dict[int, str]:
+    return {fold: root / f"fold{fold}" / "ppo_policy.zip" for fold in (0, 1)}
 
 
 def test_evaluate_writes_metrics_and_equity_curves(trained):
@@ -74,11 +83,12 @@ def test_evaluate_writes_metrics_and_equity_curves(trained):
         root / "no_text.json",
         {
             "observation": {"forecasts": True, "text": False},
+            "folds": [{"fold": 1}],
             "strategies": {"policy": {"sharpe": 1.5, "turnover": 0.1}},
         },
     )
     result = evaluate_policy(
-        root / "ppo_policy.zip",
+        _policies(root),
         paths,
         root / "policy.json",
         root / "equity.parquet",
@@ -90,8 +100,18 @@ def test_evaluate_writes_metrics_and_equity_curves(trained):
     assert all(sorted(m) == KEYS for m in on_disk["strategies"].values())
     assert [f["fold"] for f in on_disk["folds"]] == [0, 1]
     assert on_disk["folds"][0]["start"] == "2024-01-05T18:15:00.000Z"  # bar 456 of the fixture
+    # each fold was traded by the policy trained up to its own train end (bars 383 and 471)
+    assert [f["policy_train_end"] for f in on_disk["folds"]] == [
+        "2024-01-05T00:00:00.000Z",
+        "2024-01-05T22:00:00.000Z",
+    ]
     assert on_disk["ablations"] == {
-        "no_text": {"observation": {"forecasts": True, "text": False}, "sharpe": 1.5, "turnover": 0.1}
+        "no_text": {
+            "observation": {"forecasts": True, "text": False},
+            "folds": [1],
+            "sharpe": 1.5,
+            "turnover": 0.1,
+        }
     }
     assert on_disk["verdict"].startswith("The policy ") and on_disk["verdict"].endswith(".")
     flat = on_disk["strategies"]["flat"]
@@ -117,11 +137,10 @@ def test_evaluate_writes_metrics_and_equity_curves(trained):
 def test_buy_and_hold_matches_prices_costs_and_funding(trained):
     """Buy-and-hold of fold 0 by hand from close prices: entry cost once, funding at 8-hour closes."""
     root, paths = trained
-    actor, meta = load_policy(root / "ppo_policy.zip")
     inputs = load_inputs(
         paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths["text"]
     )
-    _, equity = backtest(actor, meta, inputs)
+    _, equity = backtest({f: load_policy(p) for f, p in _policies(root).items()}, inputs)
     lo, hi = next((lo, hi) for f, s, lo, hi in SPLITS if f == 0 and s == "test")
     per_symbol = []
     for symbol in SYMBOLS:
@@ -140,7 +159,7 @@ def test_buy_and_hold_matches_prices_costs_and_funding(trained):
 def test_backtest_positions_equal_the_env_rollout(trained):
     """The batched backtest and the training env are the same dynamics: same positions step by step."""
     root, paths = trained
-    actor, meta = load_policy(root / "ppo_policy.zip")
+    actor, meta = load_policy(_policies(root)[0])
     inputs = load_inputs(
         paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths["text"]
     )
@@ -180,3 +199,24 @@ def test_bad_ablation_file_is_a_data_error(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match="not a policy metrics file"):
         merge_ablations({"x": tmp_path / "x.json"})
+
+
+def test_each_fold_needs_its_own_policy(trained):
+    root, paths = trained
+    inputs = load_inputs(
+        paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths["text"]
+    )
+    fold0 = load_policy(_policies(root)[0])
+    with pytest.raises(DataError, match=r"no policy for fold\(s\) 1; run train_policy_fold"):
+        backtest({0: fold0}, inputs)
+    with pytest.raises(DataError, match="policy given for fold 1 was trained on fold 0"):
+        backtest({0: fold0, 1: fold0}, inputs)
+
+
+def test_evaluating_only_the_last_fold(trained, tmp_path):
+    """The ablations may run on the last fold only: its metrics equal that fold's part of the full run."""
+    root, paths = trained
+    full = evaluate_policy(_policies(root), paths, tmp_path / "all.json")
+    last = evaluate_policy({1: _policies(root)[1]}, paths, tmp_path / "last.json", folds=[1])
+    assert [f["fold"] for f in last["folds"]] == [1]
+    assert last["strategies"]["policy"] == pytest.approx(full["folds"][1]["strategies"]["policy"])

@@ -17,16 +17,23 @@ import torch
 from stable_baselines3 import PPO
 
 from tests.test_policy_data import policy_config, write_inputs
-from trainrelay.errors import BudgetExhausted, ConfigError
+from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.policy.model import load_policy, read_meta
-from trainrelay.policy.train import LOSS_COLUMNS, observation_for, train_policy
+from trainrelay.policy.train import (
+    LOSS_COLUMNS,
+    default_state_dir,
+    observation_for,
+    prepare,
+    publish_policy,
+    train_policy,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(paths, out: Path, config: dict, **kwargs) -> dict:
+def _run(paths, out: Path, config: dict, fold: int = 0, **kwargs) -> dict:
     return train_policy(
-        paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", **kwargs
+        paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", fold=fold, **kwargs
     )
 
 
@@ -48,8 +55,8 @@ def test_training_writes_policy_loss_csv_and_a_loadable_torch_module(tmp_path):
 
     actor, meta = load_policy(tmp_path / "ppo_policy.zip")
     assert meta["obs_dim"] == 16 and len(meta["feature_names"]) == 16
-    assert meta["observation"] == {"forecasts": True, "text": True}
-    assert meta["timesteps"] == 1024 and not actor.training
+    assert meta["observation"] == {"forecasts": True, "text": True, "features": None, "trend_windows": []}
+    assert meta["timesteps"] == 1024 and not actor.training and meta["fold"] == 0
     obs = np.random.default_rng(0).normal(size=(64, meta["obs_dim"])).astype(np.float32)
     with torch.no_grad():
         actions = actor(torch.from_numpy(obs))
@@ -64,9 +71,16 @@ def test_ablation_flags_shrink_the_observation(tmp_path):
     config = policy_config(total_timesteps=256, n_steps=128, n_envs=2)
     _run(paths, tmp_path, config, observation=observation_for(config, "no_text"))
     meta = read_meta(tmp_path / "ppo_policy.zip")
-    assert meta["observation"] == {"forecasts": True, "text": False}
+    assert meta["observation"] == {"forecasts": True, "text": False, "features": None, "trend_windows": []}
     assert meta["obs_dim"] == 16 - 5 and not any(n.startswith("text") for n in meta["feature_names"])
-    assert observation_for(config, "no_forecast") == {"forecasts": False, "text": True}
+    # a variant switches its input off and keeps the rest of the configured observation
+    config["policy"]["observation"]["trend_windows"] = [16]
+    assert observation_for(config, "no_forecast") == {
+        "forecasts": False,
+        "text": True,
+        "features": None,
+        "trend_windows": [16],
+    }
     with pytest.raises(ConfigError, match="ablation variant 'nope'"):
         observation_for(config, "nope")
 
@@ -117,7 +131,7 @@ root = Path(sys.argv[1]); out = Path(sys.argv[2])
 paths = {k: root / v for k, v in [("features", "features.parquet"), ("scaler", "scaler.json"),
          ("segments", "segments.parquet"), ("forecasts", "forecasts.parquet"), ("text", "text.parquet")]}
 config = policy_config(total_timesteps=int(sys.argv[3]), n_steps=128, n_envs=2)
-train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state")
+train_policy(paths, out / "ppo_policy.zip", out / "ppo.csv", config, state_dir=out / "state", fold=0)
 """
 
 
@@ -160,5 +174,84 @@ def test_sigkill_mid_training_then_rerun_finishes_like_an_uninterrupted_run(tmp_
     np.testing.assert_allclose(a["value_loss"].to_numpy(), b["value_loss"].to_numpy(), rtol=1e-4)
     np.testing.assert_allclose(a["episode_reward"].to_numpy(), b["episode_reward"].to_numpy(), rtol=1e-4)
     pa, pb = _params(killed / "ppo_policy.zip"), _params(reference / "ppo_policy.zip")
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=1e-5, rtol=1e-4)
+
+
+def test_each_fold_trains_on_its_own_expanding_train_split(tmp_path):
+    """Fold k's episodes end at fold k's train end (before its val/test); fold 1 sees more history."""
+    paths = write_inputs(tmp_path / "in")
+    cfg = policy_config()["policy"]
+    obs = cfg["observation"]
+    spec0, _, ep0 = prepare(paths, cfg, obs, 0)
+    spec1, _, ep1 = prepare(paths, cfg, obs, 1)
+    assert (spec0.fold, spec1.fold) == (0, 1)
+    assert max(hi for _, _, hi in ep0) == 383 and max(hi for _, _, hi in ep1) == 471  # SPLITS' train ends
+    assert len(ep1) > len(ep0)
+    # each fold's forecast standardisation is fitted on its own train rows
+    assert spec0.forecast_mean != spec1.forecast_mean
+
+    config = policy_config(total_timesteps=256, n_steps=128, n_envs=2)
+    _run(paths, tmp_path / "f1", config, fold=1)
+    meta = read_meta(tmp_path / "f1" / "ppo_policy.zip")
+    assert meta["fold"] == 1 and meta["spec"]["fold"] == 1
+
+
+def test_state_dirs_are_per_fold_and_variant(tmp_path):
+    config = policy_config()
+    assert default_state_dir(config, 1) == Path("results/policytest/state/train_policy/fold1")
+    assert default_state_dir(config, 0, "no_text") == Path(
+        "results/policytest/state/train_policy/fold0/no_text"
+    )
+    config["checkpoint"]["state_dir"] = str(tmp_path)
+    assert default_state_dir(config, 2) == tmp_path / "train_policy" / "fold2"
+
+
+def test_publish_copies_the_fold_policy_and_rejects_other_files(tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    _run(paths, tmp_path / "f", policy_config(total_timesteps=256, n_steps=128, n_envs=2), fold=1)
+    src = tmp_path / "f"
+    publish_policy(src / "ppo_policy.zip", src / "ppo.csv", tmp_path / "out.zip", tmp_path / "out.csv")
+    assert (tmp_path / "out.zip").read_bytes() == (src / "ppo_policy.zip").read_bytes()
+    assert (tmp_path / "out.csv").read_bytes() == (src / "ppo.csv").read_bytes()
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a trainrelay policy file"):
+        publish_policy(tmp_path / "bad.zip", src / "ppo.csv", tmp_path / "x.zip", tmp_path / "x.csv")
+    with pytest.raises(DataError, match="loss CSV not found"):
+        publish_policy(src / "ppo_policy.zip", tmp_path / "nope.csv", tmp_path / "x.zip", tmp_path / "x.csv")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_gsde_policy_exports_the_same_deterministic_actions(tmp_path):
+    """With gSDE exploration the deterministic action is still the actor's mean, clipped like predict()."""
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=512, n_steps=128, n_envs=2, use_sde=True, sde_sample_freq=-1)
+    _run(paths, tmp_path, config)
+    model = PPO.load(tmp_path / "ppo_policy.zip", device="cpu")
+    assert model.use_sde
+    actor, meta = load_policy(tmp_path / "ppo_policy.zip")
+    obs = np.random.default_rng(1).normal(size=(32, meta["obs_dim"])).astype(np.float32) * 3
+    with torch.no_grad():
+        actions = actor(torch.from_numpy(obs)).numpy()
+    expected, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, atol=1e-6)
+
+
+def test_gsde_run_stopped_by_the_budget_resumes_to_the_same_weights(tmp_path):
+    """gSDE's exploration noise is not in the SB3 zip; the state carries it so a resume stays exact."""
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=4096, n_steps=128, n_envs=2, use_sde=True, sde_sample_freq=-1)
+    _run(paths, tmp_path / "reference", config)
+    stopped = dict(config, checkpoint={**config["checkpoint"], "time_budget_minutes": 0.004})
+    with pytest.raises(BudgetExhausted):
+        _run(paths, tmp_path / "resumed", stopped)
+    _run(paths, tmp_path / "resumed", config)
+    a = pl.read_csv(tmp_path / "resumed" / "ppo.csv")
+    b = pl.read_csv(tmp_path / "reference" / "ppo.csv")
+    np.testing.assert_allclose(a["value_loss"].to_numpy(), b["value_loss"].to_numpy(), rtol=1e-4)
+    pa, pb = (
+        _params(tmp_path / "resumed" / "ppo_policy.zip"),
+        _params(tmp_path / "reference" / "ppo_policy.zip"),
+    )
     for name in pa:
         torch.testing.assert_close(pa[name], pb[name], atol=1e-5, rtol=1e-4)

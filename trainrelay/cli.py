@@ -25,10 +25,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "acquire": ("trainrelay.commands.acquire", "fetch or generate the raw data of a config"),
     "check-config": ("trainrelay.commands.check_config", "check a config file against the schema"),
     "validate": ("trainrelay.commands.validate", "check a results folder against the required-artifact list"),
+    "import-artifacts": ("trainrelay.commands.import_artifacts", "import outputs made elsewhere as done"),
     "dashboard": (
         "trainrelay.commands.dashboard",
         "export dashboard state (and run history) from a results folder",
     ),
+    "verify-package": ("trainrelay.commands.verify_package", "check a deployment bundle against SHA256SUMS"),
+    "pack": ("trainrelay.commands.pack", "pack many small raw files into one verified tar, or --unpack it"),
+    "runpod-plan": ("trainrelay.commands.runpod_plan", "print the RunPod upload checklist and step order"),
 }
 
 

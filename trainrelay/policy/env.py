@@ -6,8 +6,8 @@ bar t+1. The reward is ``p * r_{t+1} - cost * |p - p_prev| - p * funding_{t+1}``
 a long pays a positive funding rate at funding times, a short receives it), multiplied by
 ``reward_scale`` so that PPO sees rewards of order one. ``turnover_penalty`` (training only) is an
 extra charge per unit of position change on top of the trading cost: it makes the learned policy
-hold its position through noise that would otherwise flip it bar to bar. Evaluation uses :func:`trade_step` too, so
-the backtest and the training reward are the same arithmetic.
+hold its position through noise that would otherwise flip it bar to bar. Evaluation uses
+:func:`trade_step` too, so the backtest and the training reward are the same arithmetic.
 """
 
 from __future__ import annotations

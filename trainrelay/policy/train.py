@@ -30,7 +30,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from trainrelay.atomic import write_text
+from trainrelay.atomic import write_bytes, write_text
 from trainrelay.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.fingerprint import config_fingerprint, file_sha256
@@ -105,6 +105,11 @@ def _ppo_kwargs(ppo: dict[str, Any]) -> dict[str, Any]:
         "vf_coef": ppo["vf_coef"],
         "max_grad_norm": ppo["max_grad_norm"],
         "policy_kwargs": {"net_arch": {"pi": arch, "vf": arch}, "log_std_init": ppo["log_std_init"]},
+        # gSDE: exploration noise that is a function of the observation, redrawn every
+        # sde_sample_freq steps (-1: once per rollout), so exploring does not flip the position
+        # (and pay the trading cost) at every bar the way independent Gaussian noise does
+        "use_sde": bool(ppo.get("use_sde", False)),
+        "sde_sample_freq": int(ppo.get("sde_sample_freq", -1)),
     }
 
 
@@ -112,10 +117,17 @@ class _StateCallback(BaseCallback):
     """Records a loss row and saves the resumable state at every rollout boundary; enforces the budget."""
 
     def __init__(
-        self, save_state: Any, budget: TimeBudget, rows: list[dict], seconds_before: float, done: int
+        self,
+        save_state: Any,
+        budget: TimeBudget,
+        rows: list[dict],
+        seconds_before: float,
+        done: int,
+        resume_noise: dict[str, Any] | None = None,
     ):
         super().__init__()
         self._save_state = save_state
+        self._resume_noise = resume_noise
         self._budget = budget
         self.rows = rows
         self._seconds_before = seconds_before
@@ -153,6 +165,11 @@ class _StateCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         # here PPO has finished its update on the previous rollout: a consistent point to save
+        if self._resume_noise is not None:
+            # PPO redrew the gSDE noise just before this call, from the restored RNG; put back the
+            # noise (and RNG) the interrupted run had at this boundary so that the runs stay equal
+            _set_noise(self.model, self._resume_noise)
+            self._resume_noise = None
         self._boundary()
         if self._budget.exhausted():
             self.budget_hit = True
@@ -167,6 +184,25 @@ class _StateCallback(BaseCallback):
             self._boundary()
 
 
+def _noise(model: PPO) -> dict[str, Any] | None:
+    """gSDE's current exploration matrices (not part of the saved model) and the torch RNG after them."""
+    if not model.use_sde:
+        return None
+    dist = model.policy.action_dist
+    return {
+        "exploration_mat": dist.exploration_mat.detach().clone(),
+        "exploration_matrices": dist.exploration_matrices.detach().clone(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _set_noise(model: PPO, noise: dict[str, Any]) -> None:
+    dist = model.policy.action_dist
+    dist.exploration_mat = noise["exploration_mat"].to(model.device)
+    dist.exploration_matrices = noise["exploration_matrices"].to(model.device)
+    torch.set_rng_state(noise["torch_rng"])
+
+
 def _capture(model: PPO, venv: VecEnv, rows: list[dict], seconds: float) -> dict[str, Any]:
     buffer = io.BytesIO()
     model.save(buffer)
@@ -178,6 +214,7 @@ def _capture(model: PPO, venv: VecEnv, rows: list[dict], seconds: float) -> dict
         "last_episode_starts": np.array(model._last_episode_starts, copy=True),
         "ep_info_buffer": list(model.ep_info_buffer or []),
         "env_states": venv.env_method("get_state"),
+        "noise": _noise(model),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "rows": list(rows),
         "seconds": seconds,
@@ -277,7 +314,13 @@ def train_policy(
 
     inputs_hash = {k: file_sha256(v) for k, v in sorted(paths.items()) if v is not None}
     fingerprint = config_fingerprint(
-        {"policy": policy_cfg, "observation": observation, "fold": int(fold), "seed": seed, "inputs": inputs_hash}
+        {
+            "policy": policy_cfg,
+            "observation": observation,
+            "fold": int(fold),
+            "seed": seed,
+            "inputs": inputs_hash,
+        }
     )
     store = StateStore(state_dir, fingerprint, keep=int(config["checkpoint"]["keep"]))
     budget = TimeBudget(
@@ -297,7 +340,14 @@ def train_policy(
         def save_state(m: PPO, r: list[dict], seconds: float) -> None:
             store.save(_capture(m, venv, r, seconds), step=int(m.num_timesteps))
 
-        callback = _StateCallback(save_state, budget, rows, seconds_before, int(model.num_timesteps))
+        callback = _StateCallback(
+            save_state,
+            budget,
+            rows,
+            seconds_before,
+            int(model.num_timesteps),
+            resume_noise=state.get("noise") if state is not None else None,
+        )
         remaining = max(0, total - int(model.num_timesteps))
         with tracking.start(config, stage="policy") as tracker:
             tracker.log_params({"observation": observation, **ppo_cfg, "seed": seed, "fold": int(fold)})
@@ -340,3 +390,18 @@ def train_policy(
     finally:
         venv.close()
     return {"timesteps": int(model.num_timesteps), "seconds": callback.seconds(), "rows": len(callback.rows)}
+
+
+def publish_policy(
+    policy_in: str | Path, loss_in: str | Path, policy_out: str | Path, loss_out: str | Path
+) -> None:
+    """Copy one fold's policy and loss CSV to the deployable places (atomically), checking the zip first."""
+    from trainrelay.policy.model import read_meta
+
+    meta = read_meta(policy_in)  # a DataError naming the file if it is not a policy zip
+    loss_in = Path(loss_in)
+    if not loss_in.is_file():
+        raise DataError(f"{loss_in}: policy loss CSV not found; rerun train_policy_fold")
+    write_bytes(policy_out, Path(policy_in).read_bytes())
+    write_bytes(loss_out, loss_in.read_bytes())
+    log.info("deployable policy = fold %s's (%s)", meta.get("fold"), policy_in)

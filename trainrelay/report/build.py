@@ -161,6 +161,8 @@ def build_charts(inputs: RunInputs, context: dict[str, Any], max_points: int) ->
         ),
         "equity": charts.equity_chart(inputs.equity_curve, max_points),
     }  # fmt: skip
+    if context["tuning"]:
+        out["tuning"] = charts.tuning_chart(context["tuning"].get("trials") or [])
     for model in sorted({r["model"] for r in ok_rows}):
         rows = [r for r in ok_rows if r["model"] == model]
         labels = [analysis.engine_label(r) for r in rows]

@@ -129,3 +129,36 @@ def bar_chart(
         ax.set_xlabel(xlabel)
         ax.grid(axis="y", visible=False)
         return _svg(fig)
+
+
+def tuning_chart(trials: list[dict[str, Any]]) -> str:
+    """Fitness of every complete tuning trial (coloured by generation) and the best so far."""
+    done = sorted(
+        (t for t in trials if t.get("value") is not None and math.isfinite(float(t["value"]))),
+        key=lambda t: t["trial"],
+    )
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(6.4, 3.0))
+        ax = fig.add_subplot()
+        generations = sorted({t.get("generation") for t in done}, key=lambda g: (g is None, g or 0))
+        for index, gen in enumerate(generations):
+            part = [t for t in done if t.get("generation") == gen]
+            ax.scatter([t["trial"] for t in part], [float(t["value"]) for t in part], s=14,
+                       color=PALETTE[index % len(PALETTE)], label=f"generation {gen}")  # fmt: skip
+        best, running = math.inf, []
+        for t in done:
+            best = min(best, float(t["value"]))
+            running.append(best)
+        ax.step(
+            [t["trial"] for t in done],
+            running,
+            where="post",
+            color="#222222",
+            linewidth=1.2,
+            label="best so far",
+        )
+        ax.set_title("Hyper-parameter search: validation MSE per trial")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("validation MSE")
+        ax.legend(frameon=False, fontsize=8)
+        return _svg(fig)

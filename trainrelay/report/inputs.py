@@ -115,7 +115,14 @@ SPECS: dict[str, ArtifactSpec] = {
             keys=("model", "dim", "rows"),
             required=False,
         ),
-        ArtifactSpec("tuning", "metrics/tuning.json", "train_forecaster", "json", required=False),
+        ArtifactSpec(
+            "tuning",
+            "metrics/tuning.json",
+            "tune",
+            "json",
+            keys=("trials", "best", "sampler"),
+            required=False,
+        ),
     )
 }
 

@@ -1,0 +1,23 @@
+"""The versioned deployment bundle: models, selected engines, server, Docker files, guide, SHA256SUMS."""
+
+from trainrelay.package.builder import bundle_filename
+
+
+rule package:
+    input:
+        forecaster=rules.export_onnx.output.forecaster,
+        policy=rules.export_onnx.output.policy,
+        forecaster_inputs=rules.export_onnx.output.forecaster_inputs,
+        policy_inputs=rules.export_onnx.output.policy_inputs,
+        parity=rules.export_onnx.output.parity,
+        selection=rules.benchmark.output.selection,
+    output:
+        bundle=f"{RESULTS}/package/{bundle_filename(config)}",
+    log:
+        f"{LOGS}/package.log",
+    benchmark:
+        f"{BENCH}/package.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/package.py"

@@ -1,0 +1,51 @@
+"""Genetic hyperparameter search of the forecaster (tune.enabled): tune_worker x N -> tune.
+
+The study (tune/study.db or study.journal) is resumable state outside the declared outputs, so a
+killed worker loses at most its running trial; `tune.workers` jobs share it (one per {worker},
+e.g. one Slurm job each).
+"""
+
+TUNE_DIR = f"{RESULTS}/tune"
+
+
+rule tune_worker:
+    input:
+        features=rules.segments.output.features,
+        scaler=rules.segments.output.scaler,
+        segments=rules.segments.output.metadata,
+        environment=rules.environment.output.environment,
+    output:
+        worker=f"{TUNE_DIR}/workers/{{worker}}.json",
+    params:
+        study_dir=TUNE_DIR,
+    wildcard_constraints:
+        worker=r"\d+",
+    log:
+        f"{LOGS}/tune_worker_{{worker}}.log",
+    benchmark:
+        f"{BENCH}/tune_worker_{{worker}}.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/tune.py"
+
+
+rule tune:
+    input:
+        workers=expand(f"{TUNE_DIR}/workers/{{worker}}.json", worker=range(config["tune"]["workers"])),
+    output:
+        best_params=f"{TUNE_DIR}/best_params.json",
+        tuning=f"{RESULTS}/metrics/tuning.json",
+    params:
+        study_dir=TUNE_DIR,
+    log:
+        f"{LOGS}/tune.log",
+    benchmark:
+        f"{BENCH}/tune.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/tune.py"

@@ -1,0 +1,198 @@
+"""The bundle's own inference server, started from an unpacked bundle: 100 concurrent requests
+answered exactly like onnxruntime answers them, p95 latency recorded, and a full queue answered
+503 at once (a queue timeout 503, an inference timeout 504) instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from tests.test_package import build, export_models, package_config
+
+torch.set_num_threads(1)
+
+
+class SlowPolicy(nn.Module):
+    """A policy-shaped model made slow on purpose: one wide layer applied many times."""
+
+    def __init__(self, dim: int = 12, width: int = 2048, repeats: int = 16) -> None:
+        super().__init__()
+        self.inp, self.hidden, self.out = nn.Linear(dim, width), nn.Linear(width, width), nn.Linear(width, 1)
+        self.repeats = repeats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        for _ in range(self.repeats):
+            h = torch.tanh(self.hidden(h))
+        return self.out(h)
+
+
+def unpack(bundle: Path, dest: Path) -> Path:
+    with tarfile.open(bundle, "r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    return next(dest.iterdir())
+
+
+class Server:
+    """``python server/serve.py`` of an unpacked bundle on 127.0.0.1 and a free port."""
+
+    def __init__(self, folder: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "server/serve.py", "--host", "127.0.0.1", "--port", "0", *extra],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = self.proc.stdout.readline()  # the server prints one JSON line when it listens
+        if not line:
+            raise AssertionError(f"server did not start: {self.proc.stderr.read()}")
+        self.port = json.loads(line)["port"]
+
+    def request(self, path: str, body: Any = None, timeout: float = 60) -> tuple[int, dict, float]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, payload = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, json.loads(exc.read())
+        return status, payload, time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("srv")
+    models = export_models(root / "models")
+    bundle, _ = build(models, root, package_config(workers=2, max_concurrency=128, cpu_threads=1))
+    folder = unpack(bundle, root / "unpacked")
+    server = Server(folder)
+    yield server, folder
+    server.stop()
+
+
+def test_health(served) -> None:
+    server, _ = served
+    status, health, _ = server.request("/health")
+    assert status == 200 and health["status"] == "ok"
+    assert set(health["models"]) == {"forecaster", "policy"}
+    assert all(m["status"] == "loaded" and m["providers"]["active"] == ["CPUExecutionProvider"]
+               for m in health["models"].values())  # fmt: skip
+    assert health["pool"] == {"workers": 2, "alive": 2, "busy": 0, "idle": 2}
+    assert health["queue"]["depth"] == 0 and health["queue"]["max_concurrency"] == 128
+    assert health["queue"]["queue_timeout_s"] == 30 and health["queue"]["inference_timeout_s"] == 30
+    assert health["gpu"]["requested"] is False and health["gpu"]["active_providers"] == []
+
+
+def test_100_concurrent_requests_match_onnxruntime(served, record_property) -> None:
+    server, folder = served
+    cpu = ["CPUExecutionProvider"]
+    sessions = {m: ort.InferenceSession(str(folder / "models" / f"{m}.onnx"), providers=cpu)
+                for m in ("forecaster", "policy")}  # fmt: skip
+    samples = {m: np.load(folder / "samples" / f"{m}_inputs.npy") for m in sessions}
+    jobs = []
+    for i in range(100):
+        model = ("forecaster", "policy")[i % 2]
+        rows = samples[model][i % 8 : i % 8 + 1 + i % 5]  # batches of 1..5 real rows
+        jobs.append((model, rows))
+
+    def call(job: tuple[str, np.ndarray]) -> tuple[int, dict, float]:
+        return server.request(f"/predict/{job[0]}", {"inputs": job[1].tolist()}, timeout=60)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(call, jobs))
+    wall = time.perf_counter() - started
+    assert wall < 60
+    for (model, rows), (status, payload, _) in zip(jobs, answers, strict=True):
+        assert status == 200, payload
+        (expected,) = sessions[model].run(None, {"x": rows})
+        assert payload["shape"] == list(expected.shape)
+        np.testing.assert_allclose(
+            np.asarray(payload["outputs"], dtype=np.float32), expected, rtol=1e-6, atol=1e-7
+        )
+    latencies = sorted(a[2] * 1000 for a in answers)
+    p95 = float(np.percentile(latencies, 95))
+    record_property("p95_latency_ms", round(p95, 2))
+    record_property("wall_seconds", round(wall, 2))
+    print(
+        f"100 concurrent requests: p95 {p95:.1f} ms, p50 {np.percentile(latencies, 50):.1f} ms, "
+        f"wall {wall:.2f} s"
+    )
+    _, health, _ = server.request("/health")
+    assert health["requests"]["served"] >= 100 and health["requests"]["rejected_full"] == 0
+
+
+def test_bad_requests(served) -> None:
+    server, _ = served
+    assert server.request("/predict/policy", {"inputs": [[1.0, 2.0]]})[0] == 400
+    assert server.request("/predict/nope", {"inputs": [[1.0] * 12]})[0] == 404
+    assert server.request("/predict/policy", {"rows": []})[0] == 400
+    assert server.request("/metrics")[0] == 404
+
+
+def test_full_queue_answers_503_at_once(tmp_path) -> None:
+    """One worker, room for two requests, inference ~1 s: the rest are refused immediately."""
+    models = export_models(tmp_path / "models", policy=SlowPolicy())
+    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, queue_timeout_s=0.5))
+    server = Server(unpack(bundle, tmp_path / "unpacked"))
+    try:
+        batch = {"inputs": np.random.default_rng(0).standard_normal((512, 12)).astype(np.float32).tolist()}
+        status, payload, slow = server.request("/predict/policy", batch)
+        assert status == 200 and payload["inference_ms"] > 300, payload.get("inference_ms")
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            first = pool.submit(server.request, "/predict/policy", batch)
+            time.sleep(0.1)  # the first is running
+            second = pool.submit(server.request, "/predict/policy", batch)
+            time.sleep(0.1)  # the second waits in the queue
+            rest = [pool.submit(server.request, "/predict/policy", batch) for _ in range(4)]
+            rejected = [f.result(timeout=30) for f in rest]
+            queued, running = second.result(timeout=30), first.result(timeout=30)
+        assert running[0] == 200
+        assert [r[0] for r in rejected] == [503] * 4
+        assert all(
+            "server full" in r[1]["error"] and r[2] < 0.5 * slow for r in rejected
+        )  # refused, not queued
+        assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.5 + 0.5 * slow
+        _, health, _ = server.request("/health")
+        assert health["requests"]["rejected_full"] == 4 and health["requests"]["queue_timeouts"] == 1
+    finally:
+        server.stop()
+
+
+def test_inference_timeout_answers_504(tmp_path) -> None:
+    models = export_models(tmp_path / "models", policy=SlowPolicy())
+    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, inference_timeout_s=0.2))
+    server = Server(unpack(bundle, tmp_path / "unpacked"))
+    try:
+        batch = {"inputs": np.random.default_rng(1).standard_normal((512, 12)).astype(np.float32).tolist()}
+        status, payload, seconds = server.request("/predict/policy", batch)
+        assert status == 504 and "inference_timeout_s" in payload["error"] and seconds < 5
+        # The cancelled run frees its worker: a small request is served afterwards.
+        deadline = time.monotonic() + 20
+        while (answer := server.request("/predict/policy", {"inputs": [[0.0] * 12]}))[0] != 200:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+    finally:
+        server.stop()
