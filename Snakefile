@@ -10,9 +10,11 @@ report: "docs/snakemake-report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preflight.smk"
+include: "rules/tune.smk"
 include: "rules/forecast.smk"
 include: "rules/policy.smk"
 include: "rules/engines.smk"
+include: "rules/package.smk"
 include: "rules/report.smk"
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from trainrelay.config import check_config, load_schema
 from trainrelay.data.acquire import raw_targets
 from trainrelay.errors import TrainrelayError
+from trainrelay.package.builder import bundle_filename
 
 
 configfile: "config/config.yaml"
@@ -103,7 +104,19 @@ def report_inputs():
         "parity": rules.export_onnx.output.parity,
         "benchmark": rules.benchmark.output.metrics,
         "selection": rules.benchmark.output.selection,
+        **(
+            {"tuning": f"{RESULTS}/metrics/tuning.json"}
+            if config["tune"]["enabled"]
+            else {}
+        ),
     }
+
+
+def tuned_params_input():
+    """train_forecaster reads the search's best hyperparameters only when tuning is on."""
+    if config["tune"]["enabled"]:
+        return {"best_params": f"{RESULTS}/tune/best_params.json"}
+    return {}
 
 
 def stage_targets(stage):
@@ -120,7 +133,12 @@ def stage_targets(stage):
         "train_policy": [f"{RESULTS}/checkpoints/ppo_policy.zip"],
         "evaluate_policy": [f"{RESULTS}/metrics/policy.json"],
         "export_onnx": [f"{RESULTS}/models/onnx_parity.json"],
-        "benchmark": [f"{RESULTS}/benchmark/selection.json"],
+        "benchmark": [f"{RESULTS}/benchmark/selection.json"]
+        + (
+            [f"{RESULTS}/package/{bundle_filename(config)}"]
+            if config["package"]["enabled"]
+            else []
+        ),
         "report": [f"reports/{RUN}/report.html"],
         "validate": [f"{RESULTS}/validation.json"],
         "dashboard": ["reports/dashboard/data/dashboard-state.json"],

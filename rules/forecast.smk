@@ -3,10 +3,12 @@
 
 rule train_forecaster:
     input:
+        **tuned_params_input(),
         features=rules.segments.output.features,
         scaler=rules.segments.output.scaler,
         segments=rules.segments.output.metadata,
         environment=rules.environment.output.environment,
+        # with tune.enabled, the genetic search's best hyperparameters override forecaster.*
     output:
         checkpoint=f"{RESULTS}/checkpoints/forecaster.pt",
         loss=report(

@@ -1,7 +1,5 @@
 """The versioned deployment bundle: models, selected engines, server, Docker files, guide, SHA256SUMS."""
 
-from trainrelay.package.builder import bundle_filename
-
 
 rule package:
     input:
@@ -17,6 +15,8 @@ rule package:
         f"{LOGS}/package.log",
     benchmark:
         f"{BENCH}/package.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
     script:

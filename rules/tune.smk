@@ -16,36 +16,43 @@ rule tune_worker:
         environment=rules.environment.output.environment,
     output:
         worker=f"{TUNE_DIR}/workers/{{worker}}.json",
-    params:
-        study_dir=TUNE_DIR,
-    wildcard_constraints:
-        worker=r"\d+",
     log:
         f"{LOGS}/tune_worker_{{worker}}.log",
     benchmark:
         f"{BENCH}/tune_worker_{{worker}}.tsv"
+    wildcard_constraints:
+        worker=r"\d+",
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=GPUS,
         mem_mb=8000,
         runtime=240,
+    params:
+        study_dir=lambda wildcards, output: parent_dir(output.worker, 2),
     script:
         "../scripts/tune.py"
 
 
 rule tune:
     input:
-        workers=expand(f"{TUNE_DIR}/workers/{{worker}}.json", worker=range(config["tune"]["workers"])),
+        workers=expand(
+            f"{TUNE_DIR}/workers/{{worker}}.json",
+            worker=range(config["tune"]["workers"]),
+        ),
     output:
         best_params=f"{TUNE_DIR}/best_params.json",
         tuning=f"{RESULTS}/metrics/tuning.json",
-    params:
-        study_dir=TUNE_DIR,
     log:
         f"{LOGS}/tune.log",
     benchmark:
         f"{BENCH}/tune.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
+    params:
+        study_dir=lambda wildcards, output: parent_dir(output.best_params),
     script:
         "../scripts/tune.py"

@@ -1,5 +1,6 @@
 from trainrelay.forecast.stage import set_threads, train_forecaster
 from trainrelay.rulerun import run_rule
+from trainrelay.tune.space import with_best_params
 
 
 def main(smk):
@@ -11,7 +12,8 @@ def main(smk):
         smk.output.checkpoint,
         smk.output.loss,
         smk.output.metrics,
-        smk.config,
+        # tune.enabled: the genetic search's best hyperparameters replace forecaster.* settings
+        with_best_params(smk.config, smk.input.get("best_params")),
         state_dir=smk.params.state_dir,
     )
 

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 CHECKSUM_FILES = ("SHA256SUMS", "sha256sums.txt")
 _NODE = re.compile(r'^\s*(\d+)\[label = "([^"]+)"')
 _EDGE = re.compile(r"^\s*(\d+) -> (\d+)")
+_JOB = re.compile(r"^(?:local)?rule (\S+):$")
+_BENCH = re.compile(r"^\s+benchmark: (.+)$")
 _SHA_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
@@ -101,6 +103,18 @@ def declared_outputs(workdir: Path, configfiles: Sequence[str], run: str) -> lis
             f"snakemake --summary in {workdir} listed no output files; is it the repository root?"
         )
     return rows
+
+
+def benchmark_files(workdir: Path, configfiles: Sequence[str], run: str) -> dict[str, set[str]]:
+    """rule -> its ``benchmark:`` files (snakemake -n --forceall lists every job with them)."""
+    found: dict[str, set[str]] = {}
+    rule = None
+    for line in _snakemake(workdir, ["-n", "--forceall"], configfiles, run).splitlines():
+        if header := _JOB.match(line):
+            rule = header.group(1)
+        elif (bench := _BENCH.match(line)) and rule:
+            found.setdefault(rule, set()).add(bench.group(1).strip())
+    return found
 
 
 def rule_graph(workdir: Path, configfiles: Sequence[str], run: str) -> dict[str, set[str]]:
@@ -274,6 +288,9 @@ def apply_import(
         )
 
     imported = [d for rule in rules for d in plan.files[rule]]
+    # Snakemake counts a rule's benchmark file among its outputs when it decides what is up to
+    # date; one left in the checkout by an earlier run must not look older than the imported inputs.
+    benchmarks = benchmark_files(workdir, configfiles, plan.run)
     # Older than now, one second apart per rule in DAG order: every output newer than its inputs.
     start = time.time() - 2 * (len(rules) + 1)
     for position, rule in enumerate(rules):
@@ -284,6 +301,9 @@ def apply_import(
                 with atomic_path(target) as tmp:
                     shutil.copyfile(plan.found[declared], tmp)
             os.utime(target, (stamp, stamp))
+        for bench in benchmarks.get(rule, ()):
+            if (workdir / bench).is_file():
+                os.utime(workdir / bench, (stamp, stamp))
     # Metadata a previous run left for these paths (code, params, incomplete marks) must not
     # make Snakemake rebuild what was just imported.
     # (It cleans every file that has some and then complains about those that had none: fine here.
