@@ -47,7 +47,13 @@ RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 RAW = f"data/raw/{config['source']}"
-STATE_DIR = config["checkpoint"]["state_dir"] or f"{RESULTS}/state"
+# A configured state_dir (e.g. on Google Drive) is shared by every run, so each run gets its own
+# folder inside it; the default already sits inside results/<run>/.
+STATE_DIR = (
+    f"{config['checkpoint']['state_dir'].rstrip('/')}/{RUN}"
+    if config["checkpoint"]["state_dir"]
+    else f"{RESULTS}/state"
+)
 CONDA_ENV = "../envs/trainrelay.yaml"
 # GPU rules ask the scheduler for a GPU unless the config pins the run to the CPU; a profile's
 # `resources: gpu=N` then caps how many GPU jobs run at once (`--gpus=1` per job on Slurm).
@@ -104,6 +110,7 @@ def report_inputs():
         "parity": rules.export_onnx.output.parity,
         "benchmark": rules.benchmark.output.metrics,
         "selection": rules.benchmark.output.selection,
+        "embeddings_meta": rules.embeddings.output.meta,
         **(
             {"tuning": f"{RESULTS}/metrics/tuning.json"}
             if config["tune"]["enabled"]
@@ -117,6 +124,16 @@ def tuned_params_input():
     if config["tune"]["enabled"]:
         return {"best_params": f"{RESULTS}/tune/best_params.json"}
     return {}
+
+
+def dashboard_outputs():
+    """The dashboard state, plus this run's snapshot when run history is kept."""
+    settings = config["report"]["dashboard"]
+    outputs = {"state": "reports/dashboard/data/dashboard-state.json"}
+    if settings["persist_run_history"]:
+        run_id = settings["run_id"] or RUN
+        outputs["snapshot"] = f"reports/dashboard/data/runs/{run_id}.json"
+    return outputs
 
 
 def stage_targets(stage):

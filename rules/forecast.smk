@@ -30,7 +30,7 @@ rule train_forecaster:
         runtime=240,
     params:
         # resumable state lives outside the declared outputs (Snakemake deletes those on failure)
-        state_dir=f"{STATE_DIR}/train_forecaster",
+        state_dir=STATE_DIR,
     script:
         "../scripts/train_forecaster.py"
 

@@ -43,6 +43,9 @@ rule validate:
         pdf=rules.report.output.pdf,
         report_json=rules.report.output.json,
         report_csv=rules.report.output.csv,
+        features=rules.segments.output.features,
+        scaler=rules.segments.output.scaler,
+        text=rules.embeddings.output.embeddings,
         onnx=rules.export_onnx.output.forecaster,
         policy_onnx=rules.export_onnx.output.policy,
         forecaster_checkpoint=rules.train_forecaster.output.checkpoint,
@@ -64,10 +67,11 @@ rule validate:
 
 rule dashboard:
     input:
+        **report_inputs(),
         validation=rules.validate.output.validation,
         report=rules.report.output.json,
     output:
-        state="reports/dashboard/data/dashboard-state.json",
+        **dashboard_outputs(),
     log:
         f"{LOGS}/dashboard.log",
     benchmark:
