@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="patchtst,dlinear,naive")
     parser.add_argument("--epochs", type=int, default=None, help="PatchTST epochs (paper: 100)")
     parser.add_argument("--patience", type=int, default=None, help="early-stop patience (paper: 100 / 20)")
+    parser.add_argument("--hold-epochs", type=int, default=None, help="type3: epochs before x0.9 decay")
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
             epochs=args.epochs,
             patience=args.patience,
+            hold_epochs=args.hold_epochs,
             seed=args.seed,
             device=resolve_device(args.device),
             progress=not args.no_progress,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -235,6 +236,10 @@ def test_gsde_policy_exports_the_same_deterministic_actions(tmp_path):
         actions = actor(torch.from_numpy(obs)).numpy()
     expected, _ = model.predict(obs, deterministic=True)
     np.testing.assert_allclose(actions, expected, atol=1e-6)
+    # the benchmark deep-copies the module per engine; gSDE's noise must not get in the way
+    with torch.no_grad():
+        copied = copy.deepcopy(actor)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_array_equal(copied, actions)
 
 
 def test_gsde_run_stopped_by_the_budget_resumes_to_the_same_weights(tmp_path):

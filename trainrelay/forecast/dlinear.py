@@ -34,10 +34,7 @@ class DLinear(nn.Module):
         self.pad = nn.ReplicationPad1d((half, half))
         self.average = nn.AvgPool1d(params.kernel_size, stride=1)
         self.seasonal = nn.Linear(lookback, horizon)
-        self.trend = nn.Linear(lookback, horizon)
-        # The paper initialises both maps to a plain average of the lookback.
-        for layer in (self.seasonal, self.trend):
-            nn.init.constant_(layer.weight, 1.0 / lookback)
+        self.trend = nn.Linear(lookback, horizon)  # default init, as the official code (its average init is off)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         series = x.transpose(1, 2)  # [B, C, L]

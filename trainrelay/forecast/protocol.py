@@ -83,6 +83,7 @@ def run_protocol(
     models: tuple[str, ...] = ("patchtst", "dlinear", "naive"),
     epochs: int | None = None,
     patience: int | None = None,
+    hold_epochs: int | None = None,
     seed: int = 2021,
     device: torch.device | None = None,
     progress: bool = True,
@@ -118,6 +119,7 @@ def run_protocol(
                 settings,
                 epochs=epochs if epochs is not None else settings.epochs,
                 patience=patience if patience is not None else settings.patience,
+                hold_epochs=hold_epochs if hold_epochs is not None else settings.hold_epochs,
             )
         forecaster = Forecaster(name, lookback, horizon, len(columns), hparams, seed=seed)
         fit = forecaster.fit(

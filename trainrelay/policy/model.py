@@ -76,6 +76,12 @@ def load_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     meta = read_meta(path)
     model = PPO.load(path, device="cpu", custom_objects=_INFERENCE_OBJECTS)
+    if model.use_sde:
+        # gSDE's sampled exploration noise hangs off the policy with an autograd graph to log_std,
+        # which makes the module impossible to deepcopy (the benchmark copies it per engine). The
+        # deterministic action never uses it: redraw it without a graph, leaving the global RNG as it was.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.policy.reset_noise()
     actor = DeterministicActor(model.policy).eval()
     for param in actor.parameters():
         param.requires_grad_(False)
