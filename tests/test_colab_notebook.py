@@ -98,7 +98,7 @@ def test_notebook_runs_the_workflow_with_outputs_on_drive(tmp_path, monkeypatch)
     ):
         assert (drive / rel).is_file() and (drive / rel).stat().st_size > 0, rel
     # mid-training state went straight to Drive (the profile's checkpoint.state_dir), not to the VM
-    assert list((drive / "state" / "train_forecaster").rglob("state-*.pt"))
+    assert list((drive / "state" / "tiny" / "train_forecaster").rglob("state-*.pt"))
     assert not (paths["workdir"] / "results").exists()
     # the VM keeps only local copies inside .snakemake/, never the declared result paths
     assert _rules_started(text) >= {"acquire", "manifest", "segments", "train_forecaster", "precompute"}
@@ -131,7 +131,7 @@ def test_runtime_reset_resumes_from_drive(tmp_path, monkeypatch) -> None:
         "forecaster": {"train": {"epochs": 60, "patience": 60}, "dlinear_train": {"epochs": 1}},
     }
     paths = _setup(tmp_path, monkeypatch, overrides)
-    state_dir = paths["drive"] / "state" / "train_forecaster"
+    state_dir = paths["drive"] / "state" / "tiny" / "train_forecaster"
 
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(zip(("nb", "error"), _execute(), strict=True)))

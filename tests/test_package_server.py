@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 class SlowPolicy(nn.Module):
     """A policy-shaped model made slow on purpose: one wide layer applied many times."""
 
-    def __init__(self, dim: int = 12, width: int = 2048, repeats: int = 16) -> None:
+    def __init__(self, dim: int = 12, width: int = 2048, repeats: int = 32) -> None:
         super().__init__()
         self.inp, self.hidden, self.out = nn.Linear(dim, width), nn.Linear(width, width), nn.Linear(width, 1)
         self.repeats = repeats
@@ -155,12 +155,13 @@ def test_bad_requests(served) -> None:
 def test_full_queue_answers_503_at_once(tmp_path) -> None:
     """One worker, room for two requests, inference ~1 s: the rest are refused immediately."""
     models = export_models(tmp_path / "models", policy=SlowPolicy())
-    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, queue_timeout_s=0.5))
+    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, queue_timeout_s=0.2))
     server = Server(unpack(bundle, tmp_path / "unpacked"))
     try:
         batch = {"inputs": np.random.default_rng(0).standard_normal((512, 12)).astype(np.float32).tolist()}
         status, payload, slow = server.request("/predict/policy", batch)
-        assert status == 200 and payload["inference_ms"] > 300, payload.get("inference_ms")
+        # the queued request must wait (inference - 0.1 s) well past its 0.2 s queue timeout
+        assert status == 200 and payload["inference_ms"] > 400, payload.get("inference_ms")
         with ThreadPoolExecutor(max_workers=6) as pool:
             first = pool.submit(server.request, "/predict/policy", batch)
             time.sleep(0.1)  # the first is running
@@ -174,7 +175,7 @@ def test_full_queue_answers_503_at_once(tmp_path) -> None:
         assert all(
             "server full" in r[1]["error"] and r[2] < 0.5 * slow for r in rejected
         )  # refused, not queued
-        assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.5 + 0.5 * slow
+        assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.2 + 0.5 * slow
         _, health, _ = server.request("/health")
         assert health["requests"]["rejected_full"] == 4 and health["requests"]["queue_timeouts"] == 1
     finally:
