@@ -136,6 +136,28 @@ def dashboard_outputs():
     return outputs
 
 
+# split: fixed has a single fold 0
+POLICY_FOLDS = (
+    [0]
+    if config["segments"]["split"] == "fixed"
+    else list(range(config["segments"]["folds"]))
+)
+LAST_FOLD = POLICY_FOLDS[-1]
+ABLATION_FOLDS = (
+    POLICY_FOLDS if config["policy"]["ablation_folds"] == "all" else [LAST_FOLD]
+)
+
+
+def policy_inputs():
+    return {
+        "features": rules.segments.output.features,
+        "scaler": rules.segments.output.scaler,
+        "segments": rules.segments.output.metadata,
+        "forecasts": rules.precompute.output.forecasts,
+        "text": rules.embeddings.output.embeddings,
+    }
+
+
 def stage_targets(stage):
     """The file targets that prove a stage is done."""
     targets = {

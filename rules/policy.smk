@@ -7,27 +7,6 @@ policy without forecast features or without text embeddings, on every fold or on
 (policy.ablation_folds), so the report can show what each input contributes.
 """
 
-# split: fixed has a single fold 0
-POLICY_FOLDS = (
-    [0]
-    if config["segments"]["split"] == "fixed"
-    else list(range(config["segments"]["folds"]))
-)
-LAST_FOLD = POLICY_FOLDS[-1]
-ABLATION_FOLDS = (
-    POLICY_FOLDS if config["policy"]["ablation_folds"] == "all" else [LAST_FOLD]
-)
-
-
-def policy_inputs():
-    return {
-        "features": rules.segments.output.features,
-        "scaler": rules.segments.output.scaler,
-        "segments": rules.segments.output.metadata,
-        "forecasts": rules.precompute.output.forecasts,
-        "text": rules.embeddings.output.embeddings,
-    }
-
 
 rule train_policy_fold:
     input:
@@ -41,6 +20,8 @@ rule train_policy_fold:
         f"{BENCH}/train_policy_fold_{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
+    conda:
+        CONDA_ENV
     # a small MLP PPO is fastest single-threaded; more threads only add contention
     threads: 1
     resources:
@@ -71,6 +52,8 @@ rule train_policy:
         f"{LOGS}/train_policy.log",
     benchmark:
         f"{BENCH}/train_policy.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     script:
         "../scripts/train_policy.py"
@@ -89,6 +72,8 @@ rule train_policy_ablation:
     wildcard_constraints:
         variant="no_forecast|no_text",
         fold=r"\d+",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -117,6 +102,8 @@ rule evaluate_ablation:
         f"{BENCH}/evaluate_ablation_{{variant}}.tsv"
     wildcard_constraints:
         variant="no_forecast|no_text",
+    conda:
+        CONDA_ENV
     threads: 1
     params:
         folds=ABLATION_FOLDS,
@@ -145,6 +132,8 @@ rule evaluate_policy:
         f"{LOGS}/evaluate_policy.log",
     benchmark:
         f"{BENCH}/evaluate_policy.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     params:
         folds=POLICY_FOLDS,

@@ -20,8 +20,22 @@ import yaml
 from tests.conftest import REPO, SNAKEMAKE, copy_workflow, run_snakemake, write_config
 from tests.slurm_cluster import SlurmCluster, single_node_slurm
 
-# The last stage the Slurm run builds; raise it as later stages are wired into the workflow.
-UNTIL = "embeddings"
+# The last stage the CPU Slurm run builds: far enough for the per-fold policy jobs, with small
+# trainings so the run stays short. The GPU-request run stops at embeddings (its GPU rules).
+UNTIL = "evaluate_policy"
+GPU_UNTIL = "embeddings"
+# rules that declare `runtime` themselves (rules/*.smk), in minutes
+OWN_RUNTIME = {
+    "train_forecaster": "240",
+    "precompute": "60",
+    "train_policy_fold": "240",
+    "train_policy_ablation": "240",
+    "tune_worker": "240",
+}
+FAST = {
+    "forecaster": {"train": {"epochs": 1}, "dlinear_train": {"epochs": 1}},
+    "policy": {"ablations": [], "ppo": {"total_timesteps": 2048, "n_envs": 2, "n_steps": 512}},
+}
 ACCOUNT = "trainrelay-ci"
 # Flags for a cluster without an accounting database (sacct fails there) and a fast first status
 # check; docs/slurm.md shows the same command.
@@ -116,10 +130,10 @@ def runs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRAINRELAY_SLURM_PARTITION", cluster.partition)
         env.setenv("TRAINRELAY_SLURM_ACCOUNT", ACCOUNT)
-        cpu = write_config(workdir, {"device": "cpu", "until": UNTIL})
+        cpu = write_config(workdir, {"device": "cpu", "until": UNTIL, **FAST})
         cpu_log = _snakemake_via_slurm(workdir, cpu)
         second = _snakemake_via_slurm(workdir, cpu, "-n")
-        auto = write_config(workdir, {"device": "auto", "until": UNTIL}, name="auto.yaml")
+        auto = write_config(workdir, {"device": "auto", "until": GPU_UNTIL, **FAST}, name="auto.yaml")
         gpu_log = _snakemake_via_slurm(workdir, auto)
         yield SlurmRuns(workdir=workdir, cpu_log=cpu_log, second_dry_run=second, gpu_log=gpu_log)
 
@@ -155,7 +169,9 @@ def test_partition_and_account_come_from_the_environment(workflow: Path) -> None
         expected_partition = "long" if job.rule == "embeddings" else "gpu-a100"
         assert job.resources["slurm_partition"] == expected_partition, job
         assert job.resources["slurm_account"] == "ml-team"
-        assert job.resources["runtime"] == ("480" if job.rule == "embeddings" else "120")
+        # --set-resources wins; rules with their own runtime keep it; the rest get the profile's 120
+        expected_runtime = "480" if job.rule == "embeddings" else OWN_RUNTIME.get(job.rule, "120")
+        assert job.resources["runtime"] == expected_runtime, job
     # Unset: empty, so the plugin uses the cluster's default partition and guesses the account.
     assert {job.resources["slurm_partition"] + job.resources["slurm_account"] for job in unset} == {""}
     assert len(given) == len(unset) >= 6

@@ -33,8 +33,9 @@ class DLinear(nn.Module):
         half = (params.kernel_size - 1) // 2
         self.pad = nn.ReplicationPad1d((half, half))
         self.average = nn.AvgPool1d(params.kernel_size, stride=1)
+        # torch's default init, as in the official code (its average-of-lookback init is commented out)
         self.seasonal = nn.Linear(lookback, horizon)
-        self.trend = nn.Linear(lookback, horizon)  # default init, as the official code (its average init is off)
+        self.trend = nn.Linear(lookback, horizon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         series = x.transpose(1, 2)  # [B, C, L]
