@@ -308,6 +308,11 @@ def _benchmark(results: Path) -> str:
     lacking = [m for m in ("forecaster", "policy") if m not in measured]
     if lacking:
         raise _Failed(f"metrics.parquet: no engine measured for {', '.join(lacking)}")
+    # torch eager on the CPU runs everywhere and is the report's reference: unavailable is a bug
+    baseline = ok.filter(pl.col("engine") == "torch_eager_cpu")
+    no_baseline = [m for m in ("forecaster", "policy") if m not in set(baseline["model"].to_list())]
+    if no_baseline:
+        raise _Failed(f"metrics.parquet: baseline torch_eager_cpu not measured for {', '.join(no_baseline)}")
     return f"{ok.height} measured rows, {frame.height - ok.height} unavailable/failed"
 
 
