@@ -70,11 +70,13 @@ def test_workflow_windows_equal_the_protocol_on_etth1(tmp_path) -> None:
         tmp_path / "f.parquet", tmp_path / "s.json", tmp_path / "m.parquet", config
     )
     values, ett_columns, per_hour = read_ett(ETTH1)
-    protocol, _, _ = ett_windows(values, per_hour, 336, 96)
+    lookback = config["forecaster"]["lookback"]  # the preset's (PatchTST/64: 512)
+    protocol, _, _ = ett_windows(values, per_hour, lookback, 96)
     assert channels == ett_columns
     for split in ("train", "val", "test"):
         a, b = protocol[split], workflow[split]
-        assert len(a) == len(b) == {"train": 8209, "val": 2785, "test": 2785}[split]
+        # windows per split = rows - L - T + 1 (val/test inputs reach back into the previous split)
+        assert len(a) == len(b) == {"train": 8640 - lookback - 95, "val": 2785, "test": 2785}[split]
         xa, ya = a.batch(torch.arange(len(a)))
         xb, yb = b.batch(torch.arange(len(b)))
         np.testing.assert_allclose(xa.numpy(), xb.numpy(), atol=1e-5)
