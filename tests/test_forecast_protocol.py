@@ -81,3 +81,43 @@ def test_workflow_windows_equal_the_protocol_on_etth1(tmp_path) -> None:
         xb, yb = b.batch(torch.arange(len(b)))
         np.testing.assert_allclose(xa.numpy(), xb.numpy(), atol=1e-5)
         np.testing.assert_allclose(ya.numpy(), yb.numpy(), atol=1e-5)
+
+
+def _ett_like_csv(path: Path, rows: int = 14400) -> Path:
+    rng = np.random.default_rng(0)
+    t = np.arange(rows)
+    values = np.sin(2 * np.pi * t[:, None] / 24 + np.arange(7)) + 0.1 * rng.standard_normal((rows, 7))
+    frame = pl.DataFrame(
+        {
+            "date": pl.datetime_range(
+                pl.datetime(2016, 7, 1),
+                pl.datetime(2016, 7, 1) + pl.duration(hours=rows - 1),
+                "1h",
+                eager=True,
+            )
+        }
+    ).with_columns(pl.Series(name, values[:, i]) for i, name in enumerate("ABCDEFG"))
+    frame.write_csv(path)
+    return path
+
+
+def test_paper_loader_scores_whole_batches_only(tmp_path) -> None:
+    from trainrelay.forecast.naive import LastValue
+    from trainrelay.forecast.protocol import paper_loader_windows, run_protocol
+    from trainrelay.forecast.training import evaluate
+
+    csv = _ett_like_csv(tmp_path / "ETTx.csv")
+    result = run_protocol(csv, 96, 336, models=("naive",), progress=False)
+    # 2880 test rows - 96 + 1 = 2785 windows; the official loader keeps 21 batches of 128
+    assert result["windows"]["test"] == 2785
+    paper = result["naive"]["paper_loader"]
+    assert paper["windows"] == 2688
+    values, _, per_hour = read_ett(csv)
+    sets, _, _ = ett_windows(values, per_hour, 336, 96)
+    kept = paper_loader_windows(sets["test"])
+    assert torch.equal(kept.starts, sets["test"].starts[:2688])
+    model = LastValue(336, 96, 7)
+    expected = evaluate(model, kept, torch.device("cpu"))
+    assert paper["test_mse"] == pytest.approx(expected["mse"], rel=1e-9)
+    # the two scores differ because they cover different windows
+    assert result["naive"]["test_mse"] != pytest.approx(paper["test_mse"], rel=1e-6)
