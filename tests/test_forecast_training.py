@@ -68,7 +68,7 @@ def _lrs(settings: TrainSettings, epochs: int, steps: int = 1) -> list[float]:
 
 def test_schedules() -> None:
     assert _lrs(TrainSettings(lr=1.0, schedule="constant"), 3) == [1.0, 1.0, 1.0]
-    assert _lrs(TrainSettings(lr=1.0, schedule="type1"), 3) == [1.0, 0.5, 0.25]
+    assert _lrs(TrainSettings(lr=1.0, schedule="type1"), 4) == [1.0, 1.0, 0.5, 0.25]
     assert _lrs(TrainSettings(lr=1.0, schedule="type3", hold_epochs=2), 5) == pytest.approx(
         [1, 1, 0.9, 0.81, 0.729]
     )

@@ -124,7 +124,9 @@ def _make_scheduler(
             optimizer, lambda e: 1.0 if e < hold else 0.9 ** (e - hold + 1)
         )
     if s.schedule == "type1":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5**e)
+        # The official code sets the rate after epoch e to lr * 0.5 ** (e - 1) with e counted
+        # from 1, so the first two epochs run at the base rate and halving starts with the third.
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** max(0, e - 1))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
 
 
