@@ -73,6 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         f"forecast_accuracy: {Path(args.data).name} H={args.horizon} test mse/mae: {summary} "
         f"({result['seconds']:.0f}s)"
     )
+    for name in result:
+        entry = result[name]
+        if not isinstance(entry, dict) or not entry.get("resources"):
+            continue
+        use = entry["resources"]
+        gpu = (
+            f", GPU util {use['gpu_util_pct']:.0f}% (NVML), VRAM {use['vram_mb']:.0f} MiB"
+            if use["gpu_util_pct"] is not None
+            else ""
+        )
+        print(
+            f"  {name}: {entry['samples_per_second']:,.0f} train samples/s, {entry['epochs_run']} epochs "
+            f"(best {entry['best_epoch']}), CPU {use['cpu_util_pct']:.0f}%{gpu}"
+        )
     return 0
 
 

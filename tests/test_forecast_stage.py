@@ -141,6 +141,11 @@ def test_stage_writes_checkpoint_loss_and_metrics(trained) -> None:
     assert 1 <= metrics["best_epoch"] <= 3
     assert metrics["resumed_from_epoch"] is None and metrics["device"] == "cpu"
     assert metrics["samples_per_second"] > 0 and metrics["train_seconds"] > 0
+    # resources sampled while training: a CPU run has CPU time and RSS, and no GPU figures
+    resources = metrics["resources"]
+    assert 0 < resources["cpu_util_pct"] <= 100 * (torch.get_num_threads() + 1)
+    assert resources["peak_rss_mb"] > 100  # the interpreter with torch loaded
+    assert resources["gpu_util_pct"] is None and resources["vram_mb"] is None
     # the last value is a poor forecast of noisy returns: the trained model must beat it
     assert metrics["models"]["patchtst"]["val_mse"] < metrics["models"]["naive"]["val_mse"]
     loss = pl.read_csv(out / "loss.csv")
@@ -304,6 +309,9 @@ def test_cuda_training_with_bf16_autocast(inputs, tmp_path) -> None:
     config["device"] = "cuda"
     metrics = run_stage(inputs, tmp_path, config, tmp_path / "state")
     assert metrics["device"].startswith("cuda")
+    # NVML sampled the GPU while it trained (nvidia-ml-py is in the GPU requirements)
+    assert metrics["resources"]["gpu_util_pct"] is not None, metrics["resources"]["notes"]
+    assert metrics["resources"]["vram_mb"] > 0
     assert all(math.isfinite(v) for m in metrics["models"].values() for v in m.values())
     precompute_forecasts(
         tmp_path / "forecaster.pt", inputs["paths"]["features"], tmp_path / "fc.parquet", config

@@ -7,11 +7,13 @@ evaluation, checkpoints and ONNX export. ``build_forecaster`` makes one by name.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import ConfigError
 from trainrelay.forecast.dlinear import DLinear, DLinearParams
@@ -78,18 +80,26 @@ class Forecaster:
         if not self.trainable:
             self.module.to(device).eval()
             return None
-        return fit_module(
-            self.module,
-            train,
-            val,
-            settings,
-            device=device,
-            seed=seed,
-            store=store,
-            budget=budget,
-            progress=progress,
-            label=self.name,
-        )
+        # CPU time over wall time, peak RSS and, on CUDA, NVML utilisation and VRAM while training:
+        # the figures that say whether the accelerator was kept busy.
+        index = device.index or 0
+        baseline = gpu_memory_used_mb(index) if device.type == "cuda" else None
+        with ResourceSampler(interval_s=0.2, gpu_baseline_mb=baseline, device_index=index) as sampler:
+            result = fit_module(
+                self.module,
+                train,
+                val,
+                settings,
+                device=device,
+                seed=seed,
+                store=store,
+                budget=budget,
+                progress=progress,
+                label=self.name,
+            )
+        assert sampler.usage is not None
+        result.resources = asdict(sampler.usage)
+        return result
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:

@@ -161,6 +161,7 @@ def run_protocol(
                 epochs_run=fit.epochs_run,
                 samples_per_second=fit.samples_per_second,
                 history=fit.history,  # per epoch: train loss, val MSE, lr, seconds
+                resources=fit.resources,
             )
         log.info(
             "%s H=%d: test mse %.4f mae %.4f (val %.4f)", name, horizon, test["mse"], test["mae"], val["mse"]

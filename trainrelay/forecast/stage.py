@@ -140,6 +140,7 @@ def train_forecaster(
         "epochs_run": main_fit.epochs_run if main_fit else 0,
         "train_seconds": main_fit.train_seconds if main_fit else 0.0,
         "samples_per_second": main_fit.samples_per_second if main_fit else None,
+        "resources": main_fit.resources if main_fit else None,  # GPU utilisation on CUDA (NVML)
         "device": str(device),
         "resumed_from_epoch": main_fit.resumed_from_epoch if main_fit else None,
         "beats_naive": models[main]["val_mse"] < models["naive"]["val_mse"],

@@ -77,6 +77,8 @@ class FitResult:
     train_seconds: float = 0.0
     samples_seen: int = 0
     resumed_from_epoch: int | None = None
+    # cpu_util_pct, peak_rss_mb, gpu_util_pct (NVML, CUDA only), vram_mb, notes: set by Forecaster.fit
+    resources: dict[str, Any] | None = None
 
     @property
     def samples_per_second(self) -> float:
