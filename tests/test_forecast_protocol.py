@@ -4,6 +4,7 @@ the benchmark skips cleanly without the data file."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,26 @@ def test_paper_loader_scores_whole_batches_only(tmp_path) -> None:
     assert paper["test_mse"] == pytest.approx(expected["mse"], rel=1e-9)
     # the two scores differ because they cover different windows
     assert result["naive"]["test_mse"] != pytest.approx(paper["test_mse"], rel=1e-6)
+
+
+def test_summary_groups_seeds_and_picks_by_validation(tmp_path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("forecast_summary", REPO / "bench" / "forecast_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    files = []
+    for seed, val, test in ((1, 0.70, 0.370), (2, 0.60, 0.380)):
+        entry = {"val_mse": val, "test_mse": test, "test_mae": 0.4, "seconds": 1.0}
+        entry["paper_loader"] = {"test_mse": test - 0.001, "test_mae": 0.4, "windows": 2688}
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(
+            json.dumps({"data": "ETTh1.csv", "horizon": 96, "lookback": 512, "seed": seed, "patchtst": entry})
+        )
+        files.append(str(path))
+    assert summary.main([*files, "--out", str(tmp_path / "sum.json")]) == 0
+    group = json.loads((tmp_path / "sum.json").read_text())["seed_groups"][0]
+    assert group["seeds"] == [1, 2] and group["test_mse_mean"] == pytest.approx(0.375)
+    assert group["test_mse_std"] == pytest.approx(0.0070711, rel=1e-4)
+    # the lower validation MSE picks seed 2, whatever its test score
+    assert (group["val_chosen_seed"], group["val_chosen_test_mse"]) == (2, 0.380)
+    assert "2 seeds" in capsys.readouterr().out
+    assert summary.main([str(tmp_path / "absent.json")]) == 1
