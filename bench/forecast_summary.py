@@ -54,6 +54,8 @@ def rows_of(paths: list[Path]) -> list[dict[str, Any]]:
 def seed_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
+        if row["epochs_run"] is None:  # nothing trained (the last value): seeds change nothing
+            continue
         groups.setdefault((row["data"], row["horizon"], row["lookback"], row["model"]), []).append(row)
     out = []
     for (data, horizon, lookback, model), members in sorted(groups.items()):

@@ -130,7 +130,7 @@ def test_summary_groups_seeds_and_picks_by_validation(tmp_path, capsys) -> None:
     spec.loader.exec_module(summary)
     files = []
     for seed, val, test in ((1, 0.70, 0.370), (2, 0.60, 0.380)):
-        entry = {"val_mse": val, "test_mse": test, "test_mae": 0.4, "seconds": 1.0}
+        entry = {"val_mse": val, "test_mse": test, "test_mae": 0.4, "seconds": 1.0, "epochs_run": 3}
         entry["paper_loader"] = {"test_mse": test - 0.001, "test_mae": 0.4, "windows": 2688}
         path = tmp_path / f"s{seed}.json"
         path.write_text(
