@@ -1,17 +1,12 @@
 from pathlib import Path
 
 from trainrelay.policy.evaluate import evaluate_policy
+from trainrelay.policy.inputs import rule_input_paths
 from trainrelay.rulerun import run_rule
 
 
 def main(smk):
-    paths = {
-        "features": smk.input.features,
-        "scaler": smk.input.scaler,
-        "segments": smk.input.segments,
-        "forecasts": smk.input.forecasts,
-        "text": smk.input.get("text"),
-    }
+    paths = rule_input_paths(smk.input)
     folds = [int(f) for f in smk.params.folds]  # input.policies is expanded in this order
     # metrics/ablation/<variant>.json files, merged under "ablations" by their file name
     ablations = {Path(p).stem: p for p in smk.input.get("ablations", [])}

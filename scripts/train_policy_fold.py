@@ -1,3 +1,4 @@
+from trainrelay.policy.inputs import rule_input_paths
 from trainrelay.policy.train import default_state_dir, observation_for, train_policy
 from trainrelay.rulerun import run_rule
 
@@ -5,13 +6,7 @@ from trainrelay.rulerun import run_rule
 def main(smk):
     fold = int(smk.params.fold)
     variant = smk.params.get("variant")  # None for the main policy; no_forecast | no_text for ablations
-    paths = {
-        "features": smk.input.features,
-        "scaler": smk.input.scaler,
-        "segments": smk.input.segments,
-        "forecasts": smk.input.forecasts,
-        "text": smk.input.get("text"),
-    }
+    paths = rule_input_paths(smk.input)
     train_policy(
         paths,
         policy_out=smk.output.policy,

@@ -11,7 +11,9 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def slow_policy_server(tmp_path: Path, **settings: Any) -> Iterator[Server]:
+    """A served bundle whose policy takes about a second per large batch (queue and timeout tests)."""
+    models = export_models(tmp_path / "models", policy=SlowPolicy())
+    bundle, _ = build(models, tmp_path, package_config(**settings))
+    server = Server(unpack(bundle, tmp_path / "unpacked"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def random_batch(seed: int) -> dict[str, Any]:
+    return {"inputs": np.random.default_rng(seed).standard_normal((512, 12)).astype(np.float32).tolist()}
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +172,8 @@ def test_bad_requests(served) -> None:
 
 def test_full_queue_answers_503_at_once(tmp_path) -> None:
     """One worker, room for two requests, inference ~1 s: the rest are refused immediately."""
-    models = export_models(tmp_path / "models", policy=SlowPolicy())
-    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, queue_timeout_s=0.2))
-    server = Server(unpack(bundle, tmp_path / "unpacked"))
-    try:
-        batch = {"inputs": np.random.default_rng(0).standard_normal((512, 12)).astype(np.float32).tolist()}
+    with slow_policy_server(tmp_path, workers=1, max_concurrency=2, queue_timeout_s=0.2) as server:
+        batch = random_batch(0)
         status, payload, slow = server.request("/predict/policy", batch)
         # the queued request must wait (inference - 0.1 s) well past its 0.2 s queue timeout
         assert status == 200 and payload["inference_ms"] > 400, payload.get("inference_ms")
@@ -178,16 +193,11 @@ def test_full_queue_answers_503_at_once(tmp_path) -> None:
         assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.2 + 0.5 * slow
         _, health, _ = server.request("/health")
         assert health["requests"]["rejected_full"] == 4 and health["requests"]["queue_timeouts"] == 1
-    finally:
-        server.stop()
 
 
 def test_inference_timeout_answers_504(tmp_path) -> None:
-    models = export_models(tmp_path / "models", policy=SlowPolicy())
-    bundle, _ = build(models, tmp_path, package_config(workers=1, max_concurrency=2, inference_timeout_s=0.2))
-    server = Server(unpack(bundle, tmp_path / "unpacked"))
-    try:
-        batch = {"inputs": np.random.default_rng(1).standard_normal((512, 12)).astype(np.float32).tolist()}
+    with slow_policy_server(tmp_path, workers=1, max_concurrency=2, inference_timeout_s=0.2) as server:
+        batch = random_batch(1)
         status, payload, seconds = server.request("/predict/policy", batch)
         assert status == 504 and "inference_timeout_s" in payload["error"] and seconds < 5
         # The cancelled run frees its worker: a small request is served afterwards.
@@ -195,5 +205,3 @@ def test_inference_timeout_answers_504(tmp_path) -> None:
         while (answer := server.request("/predict/policy", {"inputs": [[0.0] * 12]}))[0] != 200:
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
-    finally:
-        server.stop()
