@@ -1,4 +1,5 @@
 from trainrelay.export.stage import export_stage
+from trainrelay.policy.inputs import rule_input_paths
 from trainrelay.rulerun import run_rule
 
 
@@ -6,11 +7,7 @@ def main(smk):
     export_stage(
         forecaster_checkpoint=smk.input.forecaster,
         policy_checkpoint=smk.input.policy,
-        features=smk.input.features,
-        scaler=smk.input.scaler,
-        segments=smk.input.segments,
-        forecasts=smk.input.forecasts,
-        text=smk.input.get("text"),
+        inputs=rule_input_paths(smk.input),
         forecaster_onnx=smk.output.forecaster,
         policy_onnx=smk.output.policy,
         parity_json=smk.output.parity,

@@ -24,11 +24,7 @@ def export_stage(
     *,
     forecaster_checkpoint: str | Path,
     policy_checkpoint: str | Path,
-    features: str | Path,
-    scaler: str | Path,
-    segments: str | Path,
-    forecasts: str | Path,
-    text: str | Path | None,
+    inputs: dict[str, str | Path | None],
     forecaster_onnx: str | Path,
     policy_onnx: str | Path,
     parity_json: str | Path,
@@ -36,7 +32,9 @@ def export_stage(
     policy_inputs: str | Path,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """Run the whole stage; ``settings`` is the config's ``benchmark.export`` section."""
+    """Run the whole stage; ``inputs`` are the upstream files of a policy rule
+    (:func:`trainrelay.policy.inputs.rule_input_paths`), ``settings`` the config's
+    ``benchmark.export`` section."""
     from trainrelay.forecast.checkpoint import load_forecaster
     from trainrelay.policy.model import load_policy
 
@@ -46,16 +44,9 @@ def export_stage(
     batches = tuple(int(b) for b in settings["parity_batches"])
 
     forecaster, f_meta = load_forecaster(forecaster_checkpoint)
-    f_samples = forecaster_windows(features, scaler, f_meta, count)
+    f_samples = forecaster_windows(inputs["features"], inputs["scaler"], f_meta, count)
     policy, p_meta = load_policy(policy_checkpoint)
-    paths = {
-        "features": features,
-        "scaler": scaler,
-        "segments": segments,
-        "forecasts": forecasts,
-        "text": text,
-    }
-    p_samples = policy_observations(policy, p_meta, paths, count)
+    p_samples = policy_observations(policy, p_meta, inputs, count)
 
     report = {
         "forecaster": export_with_parity(
