@@ -62,22 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forecast_accuracy: error: {exc}", file=sys.stderr)
         return 1
     write_json(args.out, result)
+    scored = {m: result[m] for m in result if isinstance(result[m], dict) and "test_mse" in result[m]}
     summary = ", ".join(
-        f"{m} {result[m]['test_mse']:.4f}/{result[m]['test_mae']:.4f} "
-        f"(paper loader {result[m]['paper_loader']['test_mse']:.4f}"
-        f"/{result[m]['paper_loader']['test_mae']:.4f})"
-        for m in result
-        if isinstance(result[m], dict) and "test_mse" in result[m]
+        f"{m} {e['test_mse']:.4f}/{e['test_mae']:.4f} "
+        f"(paper loader {e['paper_loader']['test_mse']:.4f}/{e['paper_loader']['test_mae']:.4f})"
+        for m, e in scored.items()
     )
     print(
         f"forecast_accuracy: {Path(args.data).name} H={args.horizon} test mse/mae: {summary} "
         f"({result['seconds']:.0f}s)"
     )
-    for name in result:
-        entry = result[name]
-        if not isinstance(entry, dict) or not entry.get("resources"):
+    for name, entry in scored.items():
+        use = entry.get("resources")
+        if not use:  # nothing trained (the last value)
             continue
-        use = entry["resources"]
         gpu = (
             f", GPU util {use['gpu_util_pct']:.0f}% (NVML), VRAM {use['vram_mb']:.0f} MiB"
             if use["gpu_util_pct"] is not None
