@@ -172,6 +172,7 @@ def test_killed_search_resumes(tmp_path, inputs) -> None:
     """SIGKILL a worker mid-trial: the rerun keeps every finished trial and reruns the cut one."""
     config = tune_config(inputs["segments"], population_size=2, generations=3, epochs=3)
     study_dir = tmp_path / "tune"
+    names = searched_params(config)
     paths = [str(p) for p in _paths(inputs)]
     args = {"paths": paths, "study": str(study_dir), "out": str(tmp_path / "w.json"),
             "config": config}  # fmt: skip
@@ -187,8 +188,11 @@ def test_killed_search_resumes(tmp_path, inputs) -> None:
             try:
                 study, _ = open_study(study_dir, config)
                 complete = study.get_trials(states=(TrialState.COMPLETE,))
+                # Wait until a trial has drawn all its parameters, i.e. it is training, not sampling.
                 running = [
-                    t for t in study.get_trials(states=(TrialState.RUNNING,)) if WORKER_ATTR in t.user_attrs
+                    t
+                    for t in study.get_trials(states=(TrialState.RUNNING,))
+                    if WORKER_ATTR in t.user_attrs and set(t.params) == set(names)
                 ]
             except (KeyError, optuna.exceptions.StorageInternalError):  # the study is being created
                 continue
@@ -216,8 +220,30 @@ def test_killed_search_resumes(tmp_path, inputs) -> None:
     cut = study.trials[killed_running[0]]
     assert cut.state == TrialState.FAIL
     retry = [t for t in study.trials if t.user_attrs.get(RETRY_OF_ATTR) == cut.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == cut.params
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    # The retry keeps every parameter the cut trial had drawn. If the kill landed while the next trial
+    # was still sampling (the trial seen running may just have ended), the rest are drawn afresh.
+    assert retry[0].params.items() >= cut.params.items() and set(retry[0].params) == set(names)
     assert set(summary["trials_run"]).isdisjoint(before)
+
+
+def test_trial_cut_while_sampling_is_retried_with_its_drawn_params(tmp_path, inputs) -> None:
+    """A worker killed between two suggest calls leaves a RUNNING trial with some parameters only."""
+    from trainrelay.tune.space import suggest
+    from trainrelay.tune.study import reclaim_orphans
+
+    config = tune_config(inputs["segments"])
+    names = searched_params(config)
+    study, storage = open_study(tmp_path / "tune", config)
+    cut = study.ask()
+    cut.set_user_attr(WORKER_ATTR, "0")
+    drawn = suggest(cut, config["tune"]["space"], names[:2])  # the kill lands here
+    assert reclaim_orphans(study, storage, "0") == [cut.number]
+    retry = study.ask()
+    params = suggest(retry, config["tune"]["space"], names)
+    assert retry.user_attrs[RETRY_OF_ATTR] == cut.number
+    assert params.items() >= drawn.items() and set(params) == set(names)
+    assert study.trials[cut.number].state == TrialState.FAIL
 
 
 def test_report_shows_tuning_history(searched, tmp_path) -> None:

@@ -153,6 +153,8 @@ def reclaim_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage, w
             continue
         # FrozenTrial exposes its storage id only as _trial_id; Optuna's own stale-trial code uses it too.
         storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        # A trial cut while still sampling holds only the parameters drawn so far; the sampler fills
+        # in the rest when the retry runs.
         study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False)
         reclaimed.append(trial.number)
     if reclaimed:
