@@ -170,6 +170,14 @@ def test_bad_requests(served) -> None:
     assert server.request("/metrics")[0] == 404
 
 
+def wait_for_health(server, ready, timeout: float = 5.0) -> None:
+    """Poll /health until ``ready(health)``: order requests by server state, not by sleeping."""
+    deadline = time.monotonic() + timeout
+    while not ready(health := server.request("/health")[1]):
+        assert time.monotonic() < deadline, health
+        time.sleep(0.005)
+
+
 def test_full_queue_answers_503_at_once(tmp_path) -> None:
     """One worker, room for two requests, inference ~1 s: the rest are refused immediately."""
     with slow_policy_server(tmp_path, workers=1, max_concurrency=2, queue_timeout_s=0.2) as server:
@@ -179,9 +187,9 @@ def test_full_queue_answers_503_at_once(tmp_path) -> None:
         assert status == 200 and payload["inference_ms"] > 400, payload.get("inference_ms")
         with ThreadPoolExecutor(max_workers=6) as pool:
             first = pool.submit(server.request, "/predict/policy", batch)
-            time.sleep(0.1)  # the first is running
+            wait_for_health(server, lambda h: h["pool"]["busy"] == 1)  # the first is running
             second = pool.submit(server.request, "/predict/policy", batch)
-            time.sleep(0.1)  # the second waits in the queue
+            wait_for_health(server, lambda h: h["queue"]["in_flight"] == 2)  # the second waits in the queue
             rest = [pool.submit(server.request, "/predict/policy", batch) for _ in range(4)]
             rejected = [f.result(timeout=30) for f in rest]
             queued, running = second.result(timeout=30), first.result(timeout=30)
