@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from trainrelay.errors import ConfigError
+from trainrelay.export.onnx_export import export_module
 from trainrelay.forecast.base import Forecaster, build_module
 from trainrelay.forecast.patchtst import PatchTST, PatchTSTParams, patch_count
 
@@ -98,18 +98,10 @@ def test_onnx_export_with_dynamic_batch_matches_torch(name: str, tmp_path) -> No
     hparams = SMALL if name == "patchtst" else ({"kernel_size": 5} if name == "dlinear" else {})
     torch.manual_seed(0)
     module = build_module(name, 32, 6, 3, hparams).eval()
-    path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(
-        module,
-        (torch.randn(2, 32, 3),),
-        str(path),
-        dynamo=False,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-        opset_version=17,
-    )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    # The product's export path: dynamo exporter first, full onnx.checker, symbolic batch axis.
+    result = export_module(module, torch.randn(2, 32, 3), tmp_path / f"{name}.onnx")
+    assert result.exporter == "dynamo", result
+    path = result.path
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((7, 32, 3)).astype(np.float32)  # another batch size
     (got,) = session.run(None, {"x": x})
