@@ -32,7 +32,7 @@ from trainrelay.runpod import (
     check_s3_access,
 )
 
-pytest.importorskip("moto.server", reason="moto[server] is not installed (envs/requirements-runpod.txt)")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (run make setup)")
 pytest.importorskip("snakemake_storage_plugin_s3", reason="snakemake-storage-plugin-s3 is not installed")
 
 from tests.s3_server import S3Server, s3_server

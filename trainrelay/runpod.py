@@ -148,10 +148,10 @@ def check_s3_access(
         import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-    except ImportError as exc:  # only the S3 mode needs boto3 (it comes with the storage plugin)
+    except ImportError as exc:  # only the S3 mode needs boto3 (make setup installs it)
         raise ConfigError(
             f"the s3 storage mode needs boto3 ({exc.name} missing): "
-            "pip install -r envs/requirements-runpod.txt"
+            "run `make setup` (envs/requirements-cpu.txt pins boto3 and the s3 storage plugin)"
         ) from exc
     client = boto3.client(
         "s3",
