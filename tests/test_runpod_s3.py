@@ -172,8 +172,10 @@ def test_wrong_secret_ends_in_one_line(s3_run: S3Run, tmp_path: Path) -> None:
     [
         ({VOLUME_VAR: None}, [VOLUME_VAR, "not set"]),
         ({VOLUME_VAR: "no-such-volume"}, [VOLUME_VAR, "does not exist"]),
-        # Both keys unset (one without the other fails inside the plugin before the workflow is read).
         ({ACCESS_KEY_VAR: None, SECRET_KEY_VAR: None}, [ACCESS_KEY_VAR, "not set"]),
+        # One key without the other: boto's PartialCredentialsError unless the profile names both.
+        ({SECRET_KEY_VAR: None}, [SECRET_KEY_VAR, "not set"]),
+        ({ACCESS_KEY_VAR: None}, [ACCESS_KEY_VAR, "not set"]),
     ],
 )
 def test_missing_settings_end_in_one_line(s3_run: S3Run, tmp_path: Path, changes: dict, names: list) -> None:
@@ -228,12 +230,20 @@ def test_profiles_hold_no_credentials_or_machine_paths() -> None:
         assert values["executor"] == "local" and values["resources"] == {"gpu": 1}
         assert not {"cores", "jobs"} & set(values), "the command line's -jN must hold"
         body = "\n".join(line.split("#")[0] for line in text.splitlines())  # values, not comments
+        # The keys may appear only as references to their environment variables.
+        refs = {
+            f'storage-s3-access-key: "${ACCESS_KEY_VAR}"',
+            f'storage-s3-secret-key: "${SECRET_KEY_VAR}"',
+        }
+        body = "\n".join(line for line in body.splitlines() if line.strip() not in refs)
         assert not re.search(
             r"(/home/|/Users/|/root/|AKIA|user_\w{6,}|rps_\w{6,}|secret|access.key)", body, re.I
         )
     s3 = yaml.safe_load((REPO / "profiles" / "runpod-s3" / "config.yaml").read_text())
     assert s3["default-storage-provider"] == "s3"
     assert s3["default-storage-prefix"] == S3_PREFIX == f"s3://${VOLUME_VAR}/{S3_ROOT}"
+    keys = (s3["storage-s3-access-key"], s3["storage-s3-secret-key"])
+    assert keys == (f"${ACCESS_KEY_VAR}", f"${SECRET_KEY_VAR}")
 
 
 def test_profile_dry_run_on_the_volume(tmp_path: Path) -> None:
