@@ -5,9 +5,10 @@
 
 Both backends work without internet: W&B in offline mode (``WANDB_MODE=offline`` unless the
 environment says otherwise) with its files under ``results/<run>/tracking``, MLflow with a local file
-store at ``results/<run>/tracking/mlruns``. Credentials (``WANDB_API_KEY``, ``MLFLOW_TRACKING_*``)
-come only from environment variables, read by the libraries themselves. A backend that is not
-installed gives one warning per process and the run goes on untracked.
+store at ``results/<run>/tracking/mlruns`` (view it with ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui
+--backend-store-uri results/<run>/tracking/mlruns``). Credentials (``WANDB_API_KEY``,
+``MLFLOW_TRACKING_*``) come only from environment variables, read by the libraries themselves. A
+backend that is not installed gives one warning per process and the run goes on untracked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +131,22 @@ def start(config: dict[str, Any], stage: str, directory: str | Path | None = Non
         finally:
             run.finish()
     else:
-        # an explicit MLFLOW_TRACKING_URI (e.g. a team server) wins over the local file store
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (directory / "mlruns").resolve().as_uri()
-        module.set_tracking_uri(uri)
-        module.set_experiment(project)
+        # An explicit MLFLOW_TRACKING_URI (a team server, a database) wins over the local file store.
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            # The file store keeps each run in its own folder, so parallel jobs (policy folds, Slurm
+            # tasks on a shared filesystem) never contend for one SQLite file. MLflow >= 3.13 refuses
+            # it unless this opt-out is set; it stays supported, in maintenance mode.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (directory / "mlruns").resolve().as_uri()
+            directory.mkdir(parents=True, exist_ok=True)
+            # Creating the store and the experiment is check-then-write: folds starting together on
+            # a fresh store each made their own experiment of the same name. One at a time.
+            with FileLock(directory / "mlruns.lock"):
+                module.set_tracking_uri(uri)
+                module.set_experiment(project)
+        else:
+            module.set_tracking_uri(uri)
+            module.set_experiment(project)
         with module.start_run(run_name=name, tags={"stage": stage, "run": config["run"]}):
             yield MlflowTracker(module)
