@@ -150,3 +150,27 @@ def test_parallel_jobs_log_to_one_mlflow_store(tmp_path, monkeypatch):
         fold = int(run.data.params["fold"])
         history = client.get_metric_history(run.info.run_id, "episode_reward")
         assert [m.value for m in history] == [fold + step / 10 for step in range(20)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
+def test_policy_training_tracks_every_ppo_update_in_mlflow(tmp_path, monkeypatch):
+    """The real PPO stage with tracking.backend mlflow: the store holds what ppo.csv holds."""
+    import polars as pl
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_policy_data import policy_config, write_inputs
+    from trainrelay.policy.train import train_policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the store is results/<run>/tracking/mlruns under the workdir
+    paths = write_inputs(tmp_path / "in")
+    config = policy_config(total_timesteps=512, n_steps=128, n_envs=2)
+    config["tracking"] = {"backend": "mlflow", "project": "trainrelay-test"}
+    train_policy(paths, tmp_path / "p.zip", tmp_path / "ppo.csv", config, state_dir=tmp_path / "s", fold=1)
+    client = MlflowClient((tmp_path / "results" / config["run"] / "tracking" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("trainrelay-test").experiment_id])
+    assert run.data.params["fold"] == "1" and run.data.params["n_steps"] == "128"
+    loss = pl.read_csv(tmp_path / "ppo.csv")
+    history = client.get_metric_history(run.info.run_id, "value_loss")
+    assert [m.step for m in history] == loss["timesteps"].to_list() == [256, 512]
+    assert [m.value for m in history] == pytest.approx(loss["value_loss"].to_list(), rel=1e-6)
