@@ -133,6 +133,7 @@ def start(config: dict[str, Any], stage: str, directory: str | Path | None = Non
     else:
         # An explicit MLFLOW_TRACKING_URI (a team server, a database) wins over the local file store.
         uri = os.environ.get("MLFLOW_TRACKING_URI")
+        creating: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if not uri:
             # The file store keeps each run in its own folder, so parallel jobs (policy folds, Slurm
             # tasks on a shared filesystem) never contend for one SQLite file. MLflow >= 3.13 refuses
@@ -142,10 +143,8 @@ def start(config: dict[str, Any], stage: str, directory: str | Path | None = Non
             directory.mkdir(parents=True, exist_ok=True)
             # Creating the store and the experiment is check-then-write: folds starting together on
             # a fresh store each made their own experiment of the same name. One at a time.
-            with FileLock(directory / "mlruns.lock"):
-                module.set_tracking_uri(uri)
-                module.set_experiment(project)
-        else:
+            creating = FileLock(directory / "mlruns.lock")
+        with creating:
             module.set_tracking_uri(uri)
             module.set_experiment(project)
         with module.start_run(run_name=name, tags={"stage": stage, "run": config["run"]}):
