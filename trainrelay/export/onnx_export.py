@@ -14,6 +14,7 @@ cannot. The TorchScript exporter is the fallback for modules the dynamo tracer r
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,18 +55,21 @@ def _example_for_export(sample: torch.Tensor) -> torch.Tensor:
 
 def _export_dynamo(module: nn.Module, example: torch.Tensor, target: Path, opset: int) -> None:
     batch = torch.export.Dim(BATCH_AXIS, min=1)
-    torch.onnx.export(
-        module,
-        (example,),
-        str(target),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        dynamic_shapes=({0: batch},),  # positional: independent of the forward argument name
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        # torch 2.13's own exporter trips its pytree deprecation (LeafSpec); nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(target),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=({0: batch},),  # positional: independent of the forward argument name
+            verbose=False,
+        )
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, target: Path, opset: int) -> None:
