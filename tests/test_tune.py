@@ -227,6 +227,7 @@ def test_killed_search_resumes(tmp_path, inputs) -> None:
     assert set(summary["trials_run"]).isdisjoint(before)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() stands in for optimize()
 def test_trial_cut_while_sampling_is_retried_with_its_drawn_params(tmp_path, inputs) -> None:
     """A worker killed between two suggest calls leaves a RUNNING trial with some parameters only."""
     from trainrelay.tune.space import suggest
