@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainrelay.deep_merge import deep_merge
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "config", "profiles", "envs", "docs"]
@@ -35,17 +37,8 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def deep_update(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def write_config(workdir: Path, overrides: dict | None = None, name: str = "test.yaml") -> Path:
-    config = deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {})
+    config = deep_merge(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {})
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

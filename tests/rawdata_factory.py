@@ -16,6 +16,7 @@ import polars as pl
 import yaml
 
 from trainrelay.data import archive
+from trainrelay.deep_merge import deep_merge
 
 REPO = Path(__file__).resolve().parent.parent
 MARKET = "futures/um"
@@ -118,19 +119,10 @@ def build_market(
     return files
 
 
-def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The demo config with small-data settings, plus ``overrides``."""
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    base = deep_update(
+    base = deep_merge(
         copy.deepcopy(base),
         {
             "synthetic": {"symbols": ["BTCUSDT", "ETHUSDT"]},
@@ -145,4 +137,4 @@ def config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             },
         },
     )
-    return deep_update(base, overrides or {})
+    return deep_merge(base, overrides or {})

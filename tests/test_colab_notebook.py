@@ -21,7 +21,8 @@ import yaml
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.conftest import REPO, TINY, copy_workflow, deep_update
+from tests.conftest import REPO, TINY, copy_workflow
+from trainrelay.deep_merge import deep_merge
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="the fs storage plugin needs rsync")
 
@@ -36,7 +37,7 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict) -> 
         "workdir": tmp_path / "vm" / "trainrelay",  # the checkout on the VM disk
         "config": tmp_path / "drive-config.yaml",
     }
-    config = deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides)
+    config = deep_merge(yaml.safe_load(yaml.safe_dump(TINY)), overrides)
     paths["config"].write_text(yaml.safe_dump(config, sort_keys=False))
     env = {
         "TRAINRELAY_DRIVE_ROOT": paths["drive"],

@@ -108,3 +108,27 @@ def test_local_cuda_guide_preflight_is_one_line_without_cuda() -> None:
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "device: cuda" in lines[0] and lines[0].startswith("trainrelay: error:")
+
+
+def test_notebook_helpers_import_without_the_checkout_requirements() -> None:
+    """The notebook imports trainrelay.colab on Colab's own Python, before `make setup` has run."""
+    probe = (
+        "import sys; import trainrelay.colab; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'jsonschema', 'torch', 'polars', 'numpy', 'snakemake', 'pyarrow'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_config_layers_merge_as_snakemake_merges_them() -> None:
+    from trainrelay.deep_merge import deep_merge
+
+    base = {"policy": {"ppo": {"n_steps": 128, "net_arch": [64, 64]}, "device": "auto"}, "run": "demo"}
+    merged = deep_merge(base, {"policy": {"ppo": {"net_arch": [32]}}, "until": "embeddings"})
+    assert merged is base  # in place, as Snakemake's update_config
+    assert merged == {
+        "policy": {"ppo": {"n_steps": 128, "net_arch": [32]}, "device": "auto"},  # lists replace
+        "run": "demo",
+        "until": "embeddings",
+    }

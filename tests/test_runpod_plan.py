@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, deep_update
+from tests.conftest import REPO, TINY
 from trainrelay.cli import main as cli_main
 from trainrelay.data.acquire import raw_targets
+from trainrelay.deep_merge import deep_merge
 from trainrelay.packing import pack, tar_bytes, volume_bytes
 from trainrelay.runpod import S3_DATACENTERS, build_plan, has_s3_api, render_plan, s3_endpoint
 
@@ -31,7 +32,7 @@ STEP_TITLES = [
 
 def tiny_config(**overrides: object) -> dict:
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return deep_update(deep_update(base, yaml.safe_load(yaml.safe_dump(TINY))), dict(overrides))
+    return deep_merge(deep_merge(base, yaml.safe_load(yaml.safe_dump(TINY))), dict(overrides))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_workflow, deep_update, run_snakemake, write_config
+from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
 from trainrelay.errors import ConfigError
 from trainrelay.runpod import (
     ACCESS_KEY_VAR,
@@ -36,6 +36,7 @@ pytest.importorskip("moto.server", reason="moto[server] is not installed (run ma
 pytest.importorskip("snakemake_storage_plugin_s3", reason="snakemake-storage-plugin-s3 is not installed")
 
 from tests.s3_server import S3Server, s3_server
+from trainrelay.deep_merge import deep_merge
 
 # The last stage the S3 run builds; raise it as later stages are wired into the workflow.
 UNTIL = "embeddings"
@@ -114,7 +115,7 @@ def test_every_target_is_in_the_bucket(s3_run: S3Run) -> None:
     from trainrelay.data.acquire import raw_targets
 
     in_bucket = s3_run.server.keys()
-    config = deep_update(
+    config = deep_merge(
         yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
         yaml.safe_load((s3_run.workdir / "test.yaml").read_text()),
     )

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from trainrelay.deep_merge import deep_merge
+
 DRIVE_MOUNT = "/content/drive"
 DEFAULT_DRIVE_ROOT = "/content/drive/MyDrive/trainrelay"
 DEFAULT_WORKDIR = "/content/trainrelay"
@@ -104,16 +106,8 @@ def effective_config(workdir: str | Path, extra_config: str | None = None) -> di
         path = Path(name) if Path(name).is_absolute() else workdir / name
         if not path.is_file():
             raise NotebookError(f"{path}: config file not found; check TRAINRELAY_CONFIG")
-        _merge(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        deep_merge(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     return merged
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def environment_summary(venv: str | Path, workdir: str | Path) -> dict[str, Any]:

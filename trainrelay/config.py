@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from trainrelay.deep_merge import deep_merge
 from trainrelay.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -73,14 +74,6 @@ def load_config(path: str | Path, overrides: list[str | Path] = ()) -> dict[str,
             loaded = yaml.safe_load(handle) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{item}: a config file must be a YAML mapping")
-        _merge(config, loaded)
+        deep_merge(config, loaded)
     check_config(config, source=str(path))
     return config
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
