@@ -114,6 +114,45 @@ def test_parity_failure_is_a_one_line_data_error_and_leaves_no_file(tmp_path):
     assert not target.exists()
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.export refuses it, the TorchScript tracer records one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.linear(x)
+        return -self.linear(x)
+
+
+class Eigenvalues(nn.Module):
+    """An operator neither exporter can write to ONNX."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.eigvals(x.reshape(x.shape[0], 2, 2)).real
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torchscript_is_the_fallback_when_dynamo_refuses(tmp_path, caplog):
+    inputs = np.random.default_rng(0).uniform(0.1, 1.0, (16, 4)).astype(np.float32)  # the traced branch
+    report = export_with_parity(Branchy().eval(), inputs, tmp_path / "b.onnx", tolerance=1e-5)
+    assert report["exporter"] == "torchscript" and report["passed"]
+    assert "with the dynamo exporter failed" in caplog.text
+
+
+def test_unexportable_module_is_one_clean_line_and_leaves_no_file(tmp_path):
+    inputs = np.random.default_rng(0).uniform(size=(8, 4)).astype(np.float32)
+    target = tmp_path / "eig.onnx"
+    with pytest.raises(DataError) as caught:
+        export_with_parity(Eigenvalues().eval(), inputs, target, tolerance=1e-4)
+    message = str(caught.value)
+    assert message.startswith(f"{target}: ONNX export failed (dynamo: ") and "; torchscript: " in message
+    assert "linalg_eigvals" in message and "\n" not in message and "\x1b" not in message
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
 def test_non_finite_inputs_are_rejected(tmp_path):
     inputs = np.full((4, 9), np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="NaN"):

@@ -14,6 +14,7 @@ cannot. The TorchScript exporter is the fallback for modules the dynamo tracer r
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,11 @@ class ExportResult:
     opset: int
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's exporter colours its messages for a terminal
+
+
 def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
+    for line in ANSI_ESCAPE.sub("", str(exc)).splitlines():
         if line.strip():
             return f"{type(exc).__name__}: {line.strip()}"
     return type(exc).__name__
@@ -53,18 +57,28 @@ def _example_for_export(sample: torch.Tensor) -> torch.Tensor:
     return sample[:2] if sample.shape[0] >= 2 else sample.repeat(2, *([1] * (sample.dim() - 1)))
 
 
+def _export(module: nn.Module, example: torch.Tensor, target: Path, opset: int, **how: Any) -> None:
+    torch.onnx.export(
+        module,
+        (example,),
+        str(target),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        **how,
+    )
+
+
 def _export_dynamo(module: nn.Module, example: torch.Tensor, target: Path, opset: int) -> None:
     batch = torch.export.Dim(BATCH_AXIS, min=1)
     with warnings.catch_warnings():
         # torch 2.13's own exporter trips its pytree deprecation (LeafSpec); nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        torch.onnx.export(
+        _export(
             module,
-            (example,),
-            str(target),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
+            example,
+            target,
+            opset,
             dynamo=True,
             external_data=False,
             dynamic_shapes=({0: batch},),  # positional: independent of the forward argument name
@@ -73,16 +87,15 @@ def _export_dynamo(module: nn.Module, example: torch.Tensor, target: Path, opset
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, target: Path, opset: int) -> None:
-    torch.onnx.export(
-        module,
-        (example,),
-        str(target),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=opset,
-        dynamo=False,
-        dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
-    )
+    axes = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+    with warnings.catch_warnings():
+        # The fallback is deliberate and logged by export_module; torch's "legacy exporter" notices
+        # would only repeat that.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        _export(module, example, target, opset, dynamo=False, dynamic_axes=axes)
 
 
 def _check_batch_axis(model: Any, path: Path) -> None:

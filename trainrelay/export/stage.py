@@ -48,23 +48,15 @@ def export_stage(
     policy, p_meta = load_policy(policy_checkpoint)
     p_samples = policy_observations(policy, p_meta, inputs, count)
 
+    tolerance = float(settings["tolerance"])
     report = {
-        "forecaster": export_with_parity(
-            forecaster,
-            f_samples,
-            forecaster_onnx,
-            tolerance=float(settings["tolerance"]),
-            opset=opset,
-            batch_sizes=batches,
-        ),
-        "policy": export_with_parity(
-            policy,
-            p_samples,
-            policy_onnx,
-            tolerance=float(settings["tolerance"]),
-            opset=opset,
-            batch_sizes=batches,
-        ),
+        name: export_with_parity(
+            module, samples, target, tolerance=tolerance, opset=opset, batch_sizes=batches
+        )
+        for name, module, samples, target in (
+            ("forecaster", forecaster, f_samples, forecaster_onnx),
+            ("policy", policy, p_samples, policy_onnx),
+        )
     }
     write_samples(forecaster_inputs, f_samples)
     write_samples(policy_inputs, p_samples)
