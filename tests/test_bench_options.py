@@ -28,14 +28,15 @@ def test_cuda_options_are_strings_with_documented_keys():
 def test_tensorrt_options_profile_spans_the_batches_and_caches_in_one_folder(tmp_path):
     cache = tmp_path / "results" / "demo" / "benchmark" / "trt_cache"
     options = tensorrt_provider_options("x", (96, 2), [64, 1, 8], cache)
-    assert options["trt_fp16_enable"] == "1"
+    # ORT's Python binding accepts only True/False for the TensorRT EP's flags
+    assert options["trt_fp16_enable"] == "True"
     assert options["trt_profile_min_shapes"] == "x:1x96x2"
     assert options["trt_profile_opt_shapes"] == "x:64x96x2"
     assert options["trt_profile_max_shapes"] == "x:64x96x2"
-    assert options["trt_engine_cache_enable"] == "1" and options["trt_timing_cache_enable"] == "1"
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
     assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
     assert options["trt_max_workspace_size"] == str(1 << 30)
     assert all(isinstance(v, str) for v in options.values())
-    assert tensorrt_provider_options("x", (5,), [1], cache, fp16=False)["trt_fp16_enable"] == "0"
+    assert tensorrt_provider_options("x", (5,), [1], cache, fp16=False)["trt_fp16_enable"] == "False"
     with pytest.raises(ValueError):
         tensorrt_provider_options("x", (5,), [], cache)

@@ -55,13 +55,15 @@ def tensorrt_provider_options(
         raise ValueError("tensorrt_provider_options needs at least one batch size")
     lo, hi = min(int(b) for b in batches), max(int(b) for b in batches)
     cache = str(Path(cache_dir))
+    # The Python binding parses the TensorRT EP's flags itself and accepts only True/False (the
+    # CUDA EP's parser also takes 1/0); "1" makes session creation fail and fall back to CUDA.
     return {
         "device_id": str(device_id),
-        "trt_fp16_enable": "1" if fp16 else "0",
+        "trt_fp16_enable": "True" if fp16 else "False",
         "trt_max_workspace_size": str(int(workspace_bytes)),
-        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": cache,
-        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": cache,
         "trt_profile_min_shapes": shape_string(input_name, (lo, *trailing_shape)),
         "trt_profile_opt_shapes": shape_string(input_name, (hi, *trailing_shape)),
