@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -57,3 +58,47 @@ def test_sampler_measures_cpu_time_and_peak_rss():
     assert usage.cpu_util_pct > 5.0
     assert usage.peak_rss_mb > 64
     assert usage.gpu_util_pct is None and usage.vram_mb is None  # CPU engine: no GPU columns
+
+
+class FakeNVML:
+    """pynvml as a MIG instance answers it: memory yes, utilisation NVMLError NotSupported.
+
+    NVML cannot run on a machine without an NVIDIA driver, so this one stands in for it.
+    """
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.handles: list[bytes] = []
+        self.used = 1000 * 2**20
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: bytes) -> bytes:
+        self.handles.append(uuid)
+        return uuid
+
+    def nvmlDeviceGetUtilizationRates(self, handle: bytes) -> object:
+        raise self.NVMLError("Not Supported")
+
+    def nvmlDeviceGetMemoryInfo(self, handle: bytes) -> object:
+        self.used += 50 * 2**20
+        return type("Memory", (), {"used": self.used})()
+
+
+def test_sampler_on_a_mig_gpu_keeps_vram_and_notes_the_missing_utilisation(monkeypatch):
+    from trainrelay.bench import sampler as sampler_module
+
+    nvml = FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    # CUDA device 0 of this process is the MIG instance with this UUID (CUDA_VISIBLE_DEVICES remaps).
+    mig = "MIG-5f2b7c1e-0000-4000-8000-000000000001"
+    monkeypatch.setattr(sampler_module, "_cuda_uuid", lambda index: mig)
+    with ResourceSampler(interval_s=0.002, gpu_baseline_mb=1000.0, device_index=0) as sampler:
+        time.sleep(0.05)
+    usage = sampler.usage
+    assert nvml.handles and set(nvml.handles) == {mig.encode()}
+    assert usage.gpu_util_pct is None and usage.vram_mb is not None and usage.vram_mb >= 100
+    assert usage.notes == ["gpu_util_pct not measured: NVML utilisation query failed: Not Supported"]

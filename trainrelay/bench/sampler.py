@@ -20,16 +20,28 @@ from typing import Any
 import psutil
 
 
+def _cuda_uuid(device_index: int) -> str:
+    """NVML's UUID ("GPU-..." or "MIG-...") of CUDA device ``device_index`` as this process sees it."""
+    import torch
+
+    uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
 def _nvml_handle(device_index: int) -> tuple[Any, Any] | str:
-    """(pynvml module, device handle), or the reason NVML cannot be used."""
+    """(pynvml module, device handle), or the reason NVML cannot be used.
+
+    The handle is found by UUID, not by index: NVML numbers every GPU of the machine and ignores
+    CUDA_VISIBLE_DEVICES, so on a shared node (Slurm --gpus=1) NVML index 0 may be another job's GPU.
+    """
     try:
         import pynvml
     except ImportError:
         return "nvidia-ml-py is not installed (make setup-gpu)"
     try:
         pynvml.nvmlInit()
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device_index)
-    except Exception as exc:  # NVMLError_LibraryNotFound, driver mismatch...
+        return pynvml, pynvml.nvmlDeviceGetHandleByUUID(_cuda_uuid(device_index).encode())
+    except Exception as exc:  # NVMLError_LibraryNotFound, driver mismatch, no such UUID...
         return f"NVML failed: {exc}"
 
 
@@ -78,23 +90,38 @@ class ResourceSampler:
         self._vram_peak: float | None = None
         self._notes: list[str] = []
         self._nvml: tuple[Any, Any] | None = None
+        self._util_supported = True
 
     def _sample(self) -> None:
         self._rss_peak = max(self._rss_peak, self._process.memory_info().rss)
         if not self.gpu:
             return
+        used = None
         if self._nvml is not None:
             pynvml, handle = self._nvml
-            self._gpu_util.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-            used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
-        else:
+            if self._util_supported:
+                try:
+                    self._gpu_util.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                except pynvml.NVMLError as exc:  # NotSupported on MIG instances, per NVML's docs
+                    self._util_supported = False
+                    self._notes.append(f"gpu_util_pct not measured: NVML utilisation query failed: {exc}")
+            try:
+                used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+            except pynvml.NVMLError as exc:
+                self._nvml = None
+                self._notes.append(f"VRAM read from the CUDA driver: NVML memory query failed: {exc}")
+        if used is None:
             used = gpu_memory_used_mb(self.device_index)
         if used is not None:
             self._vram_peak = used if self._vram_peak is None else max(self._vram_peak, used)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._sample()
+            try:
+                self._sample()
+            except Exception as exc:  # a dead sampler must not pass for a quiet GPU
+                self._notes.append(f"resource sampling stopped early: {exc}")
+                return
 
     def __enter__(self) -> ResourceSampler:
         if self.gpu:
