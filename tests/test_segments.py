@@ -206,6 +206,32 @@ def test_no_look_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not before.filter(~known).equals(after.filter(~known))
 
 
+def test_a_bar_missing_for_one_symbol_keeps_the_others_returns_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ETH lacks two 15m bars; BTC's rows there leave the common timeline, and BTC's next return must
+    span them: summed log returns equal log(last close / first close) for every symbol."""
+    monkeypatch.chdir(tmp_path)
+    files = []
+    for index, symbol in enumerate(("BTCUSDT", "ETHUSDT")):
+        fine = factory.klines(START, 2400, seed=index, price=100.0 * (index + 1))
+        if symbol == "ETHUSDT":  # 10 fine 3m bars: two whole 15m bars
+            fine = fine.filter(~pl.int_range(pl.len()).is_between(1000, 1009))
+        files += factory.write_klines(tmp_path, symbol, fine)
+        end = START + dt.timedelta(minutes=3 * 2400)
+        files += factory.write_funding(tmp_path, symbol, factory.funding(START, end, seed=index))
+    files.append(factory.write_events(tmp_path))
+    config = factory.config({"manifest": {"max_gaps": 100}})
+    features = pl.read_parquet(run_stages(files, config)["features_out"])
+    for symbol, rows in features.group_by("symbol"):
+        steps = rows["timestamp"].diff().dt.total_minutes().drop_nulls()
+        closes = rows["close"].to_numpy()
+        returns = rows["log_return"].to_numpy()[1:]
+        np.testing.assert_allclose(returns, np.diff(np.log(closes)), rtol=1e-12, atol=1e-15)
+        assert float(returns.sum()) == pytest.approx(math.log(closes[-1] / closes[0]), rel=1e-9)
+        assert steps.max() == 45, symbol  # the hole: one row spans three 15m bars
+
+
 def test_non_finite_feature_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     files = factory.build_market(tmp_path)

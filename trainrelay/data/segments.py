@@ -145,6 +145,25 @@ def _check_folds(folds: list[Fold], timeline: pl.Series) -> None:
                 )
 
 
+def returns_between_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """``log_return`` between consecutive rows of the common timeline.
+
+    Features are computed on each symbol's own bars; where another symbol's gap removed a bar from
+    the common timeline, the next row's return must span both bars, or that price move vanishes
+    from every reward and backtest (which compound ``log_return`` row by row). The first row keeps
+    its return from the bar before it. Where no bar was removed this is the same value.
+    """
+    if "log_return" not in frame.columns or "close" not in frame.columns:
+        return frame  # a series without prices (ETT) has no returns
+    previous = pl.col("close").shift(1)
+    return frame.with_columns(
+        pl.when(previous.is_null())
+        .then(pl.col("log_return"))
+        .otherwise((pl.col("close") / previous).log())
+        .alias("log_return")
+    )
+
+
 def build_segments(
     manifest_path: str | Path,
     features_out: str | Path,
@@ -188,6 +207,7 @@ def build_segments(
                 frame = pl.read_parquet(part).filter(pl.col("timestamp").is_in(timeline.implode()))
                 # Unique sorted timestamps per symbol: after the filter, row i is timeline[i].
                 assert frame.height == len(timeline)
+                frame = returns_between_rows(frame)
                 log.info("%s: %d bars on the common timeline", symbol, frame.height)
                 for fold in folds:
                     moments[fold.fold].add(frame.slice(0, fold.train.stop).select(names))
