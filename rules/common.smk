@@ -11,7 +11,7 @@ min_version("9.0")
 # a plain clone on a cluster node whose venv has only the dependencies).
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from trainrelay.config import check_config, load_schema
+from trainrelay.config import check_config, config_digest, load_schema
 from trainrelay.data.acquire import raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
@@ -55,6 +55,36 @@ STATE_DIR = (
     else f"{RESULTS}/state"
 )
 CONDA_ENV = "../envs/trainrelay.yaml"
+
+# The config sections each stage reads. A rule's `params: config=` carries their digest, so a changed
+# seed, split or model setting reruns that rule (Snakemake's "params" rerun trigger) and, through
+# the new outputs, everything downstream. How a run is driven (checkpoint, tracking, until) is left
+# out. The device is the environment rule's own param: a new device reruns the preflight and, since
+# the stages read its environment.json, what was computed on the old one.
+_ACQUIRE_KEYS = {
+    "synthetic": ["source", "seed", "synthetic", "events", "intervals"],
+    "binance": ["source", "binance", "events", "intervals"],
+    "files": ["source", "files", "events"],
+}[config["source"]]
+STAGE_CONFIG = {
+    "acquire": _ACQUIRE_KEYS,
+    "manifest": [*_ACQUIRE_KEYS, "manifest"],
+    "segments": [*_ACQUIRE_KEYS, "manifest", "segments"],
+    "embeddings": ["seed", "events", "embeddings"],
+    "tune": ["seed", "forecaster", "tune"],
+    "forecaster": ["seed", "forecaster", "tune"],
+    "policy": ["seed", "policy"],
+    "engines": ["seed", "benchmark"],
+    "report": ["report", "package"],
+    "package": ["package"],
+}
+
+
+def config_params(stage):
+    """The `config` param of a stage's rules: the digest of the sections in STAGE_CONFIG."""
+    return config_digest(config, STAGE_CONFIG[stage])
+
+
 # GPU rules ask the scheduler for a GPU unless the config pins the run to the CPU; a profile's
 # `resources: gpu=N` then caps how many GPU jobs run at once (`--gpus=1` per job on Slurm).
 GPUS = 0 if config["device"] == "cpu" else 1

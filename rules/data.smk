@@ -13,6 +13,7 @@ rule acquire:
     resources:
         mem_mb=2000,
     params:
+        config=config_params("acquire"),
         raw_root=lambda wildcards, output: raw_root_of(output),
     script:
         "../scripts/acquire.py"
@@ -32,6 +33,7 @@ rule manifest:
     resources:
         mem_mb=2000,
     params:
+        config=config_params("manifest"),
         # the logical root: the manifest records data/raw/<source>/... wherever the files were staged
         raw_root=lambda wildcards: RAW,
     script:
@@ -54,6 +56,8 @@ rule segments:
         CONDA_ENV
     resources:
         mem_mb=4000,
+    params:
+        config=config_params("segments"),
     script:
         "../scripts/segments.py"
 
@@ -75,5 +79,7 @@ rule embeddings:
     resources:
         gpu=GPUS,
         mem_mb=4000,
+    params:
+        config=config_params("embeddings"),
     script:
         "../scripts/embeddings.py"

@@ -24,6 +24,8 @@ rule export_onnx:
         CONDA_ENV
     resources:
         mem_mb=4000,
+    params:
+        config=config_params("engines"),
     script:
         "../scripts/export_onnx.py"
 
@@ -57,6 +59,7 @@ rule benchmark:
         gpu=GPUS,
         mem_mb=4000,
     params:
+        config=config_params("engines"),
         trt_cache=f"{RESULTS}/benchmark/trt_cache",
     script:
         "../scripts/benchmark.py"

@@ -29,6 +29,7 @@ rule train_forecaster:
         mem_mb=8000,
         runtime=240,
     params:
+        config=config_params("forecaster"),
         # resumable state lives outside the declared outputs (Snakemake deletes those on failure)
         state_dir=STATE_DIR,
     script:
@@ -53,5 +54,7 @@ rule precompute:
         gpu=GPUS,
         mem_mb=8000,
         runtime=60,
+    params:
+        config=config_params("forecaster"),
     script:
         "../scripts/precompute.py"

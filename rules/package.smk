@@ -19,5 +19,7 @@ rule package:
         CONDA_ENV
     resources:
         mem_mb=2000,
+    params:
+        config=config_params("package"),
     script:
         "../scripts/package.py"

@@ -28,6 +28,7 @@ rule train_policy_fold:
         mem_mb=4000,
         runtime=240,
     params:
+        config=config_params("policy"),
         fold="{fold}",
         state_dir=f"{STATE_DIR}/train_policy/fold{{fold}}",
     script:
@@ -79,6 +80,7 @@ rule train_policy_ablation:
         mem_mb=4000,
         runtime=240,
     params:
+        config=config_params("policy"),
         fold="{fold}",
         variant="{variant}",
         state_dir=f"{STATE_DIR}/train_policy/fold{{fold}}/{{variant}}",
@@ -106,6 +108,7 @@ rule evaluate_ablation:
         CONDA_ENV
     threads: 1
     params:
+        config=config_params("policy"),
         folds=ABLATION_FOLDS,
     script:
         "../scripts/evaluate_policy.py"
@@ -136,6 +139,7 @@ rule evaluate_policy:
         CONDA_ENV
     threads: 1
     params:
+        config=config_params("policy"),
         folds=POLICY_FOLDS,
     script:
         "../scripts/evaluate_policy.py"

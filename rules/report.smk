@@ -30,6 +30,7 @@ rule report:
     resources:
         mem_mb=2000,
     params:
+        config=config_params("report"),
         results=lambda wildcards, input: parent_dir(input.environment),
         repo=workflow.basedir,
     script:
@@ -59,6 +60,7 @@ rule validate:
     conda:
         CONDA_ENV
     params:
+        config=config_params("report"),
         results=lambda wildcards, input: parent_dir(input.environment),
         reports=lambda wildcards, input: parent_dir(input.html),
     script:
@@ -79,6 +81,7 @@ rule dashboard:
     conda:
         CONDA_ENV
     params:
+        config=config_params("report"),
         results=lambda wildcards, input: parent_dir(input.validation),
         reports=lambda wildcards, input: parent_dir(input.report),
     script:

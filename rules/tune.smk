@@ -30,6 +30,7 @@ rule tune_worker:
         mem_mb=8000,
         runtime=240,
     params:
+        config=config_params("tune"),
         study_dir=lambda wildcards, output: parent_dir(output.worker, 2),
     script:
         "../scripts/tune.py"
@@ -53,6 +54,7 @@ rule tune:
     resources:
         mem_mb=2000,
     params:
+        config=config_params("tune"),
         study_dir=lambda wildcards, output: parent_dir(output.best_params),
     script:
         "../scripts/tune.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import copy_workflow, run_snakemake, write_config
+from trainrelay.deep_merge import deep_merge
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +99,33 @@ def test_forcerun_forecaster_reruns_downstream_only(full_run: tuple[Path, float]
     }
     assert {"train_forecaster", "precompute", "train_policy", "export_onnx", "report"} <= jobs
     assert not jobs & {"acquire", "manifest", "segments", "embeddings", "environment"}
+
+
+def _planned(workdir: Path, overrides: dict) -> set[str]:
+    """The rules a dry run would run after the finished run, with ``overrides`` on its config."""
+    changed = write_config(workdir, deep_merge(copy.deepcopy(FAST), overrides), name="changed.yaml")
+    proc = run_snakemake(workdir, "-n", "--configfile", str(changed))
+    return {
+        line.split()[1].rstrip(":")
+        for line in proc.stdout.splitlines()
+        if line.startswith(("rule ", "localrule "))
+    }
+
+
+def test_a_config_change_reruns_the_stages_that_read_it(full_run: tuple[Path, float]) -> None:
+    workdir, _ = full_run
+    # A new seed is new data: everything from acquire on.
+    assert {"acquire", "manifest", "segments", "embeddings", "train_forecaster", "report"} <= _planned(
+        workdir, {"seed": 8}
+    )
+    # A split setting: segments and what follows, not the raw data.
+    planned = _planned(workdir, {"segments": {"embargo_bars": 40}})
+    assert {"segments", "train_forecaster", "train_policy_fold"} <= planned
+    assert not planned & {"acquire", "manifest", "embeddings"}
+    # A PPO setting: the policy and what follows, not the forecaster.
+    planned = _planned(workdir, {"policy": {"ppo": {"learning_rate": 1e-3}}})
+    assert {"train_policy_fold", "evaluate_policy", "export_onnx", "report"} <= planned
+    assert not planned & {"acquire", "segments", "embeddings", "train_forecaster", "precompute"}
+    # How often state is saved, or where runs are tracked, is not what a run computes. (The device
+    # is: the environment preflight records it, and its stages rerun on the new one.)
+    assert _planned(workdir, {"checkpoint": {"every_minutes": 5}, "tracking": {"backend": "mlflow"}}) == set()

@@ -8,6 +8,9 @@ need one line that names the key and what to do, so the workflow first runs :fun
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +80,15 @@ def load_config(path: str | Path, overrides: list[str | Path] = ()) -> dict[str,
         deep_merge(config, loaded)
     check_config(config, source=str(path))
     return config
+
+
+def config_digest(config: dict[str, Any], keys: Sequence[str]) -> str:
+    """A short, stable digest of the config sections ``keys``: a rule's ``params`` value.
+
+    Snakemake reruns a job whose params changed since it ran, so a rule that carries the digest of
+    the sections it reads is rebuilt when one of them changes (a new seed, another split), and
+    only then; key order and YAML formatting do not matter.
+    """
+    chosen = {key: config.get(key) for key in sorted(set(keys))}
+    text = json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
