@@ -71,7 +71,13 @@ def test_constraints_filter_before_ranking_and_reasons_are_sentences():
     assert [c["passed"] for c in by_engine["torch_eager_cpu"]["checks"]] == [True, True, False, True, True]
 
 
-def test_ties_go_to_less_memory_then_engine_order():
+def tie_sentence(decision):
+    tie = [r for r in decision["reasoning"] if r.startswith("Within ")]
+    assert len(tie) == 1, decision["reasoning"]
+    return tie[0]
+
+
+def test_ties_go_to_materially_less_vram_then_engine_order():
     rows = [
         row("torch_cuda_graph", 1, 0.100, 10000, device="cuda", vram=900.0),
         row("ort_cuda", 1, 0.102, 9800, device="cuda", vram=150.0),
@@ -79,11 +85,103 @@ def test_ties_go_to_less_memory_then_engine_order():
     ]
     decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
     assert decision["chosen"]["engine"] == "ort_cuda"  # within 5 % of the best, 750 MB less VRAM
-    assert any(
-        "tie goes to the one using less memory, ort_cuda at batch 1" in r for r in decision["reasoning"]
+    assert tie_sentence(decision) == (
+        "Within 5% of the best and so tied: torch_cuda_graph at batch 1 (0.1) and ort_cuda at batch 1 "
+        "(0.102); the tie goes to the one using materially less GPU memory, ort_cuda at batch 1 with "
+        "150 MB VRAM (torch_cuda_graph at batch 1: 900 MB VRAM)."
     )
     decision = select_model(rows, CONSTRAINTS, "latency", 0.0, ORDER)
     assert decision["chosen"]["engine"] == "torch_cuda_graph"  # no tie band: the fastest
+    assert not any(r.startswith("Within ") for r in decision["reasoning"])
+
+
+def test_vram_decides_a_gpu_tie_whichever_engine_comes_first():
+    # The engine earlier in config order (and measured first) uses 500 MB more: memory decides.
+    rows = [
+        row("torch_eager_cuda", 1, 0.100, 10000, device="cuda", vram=600.0),
+        row("ort_cuda", 1, 0.101, 9900, device="cuda", vram=100.0),
+    ]
+    decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+    assert decision["chosen"]["engine"] == "ort_cuda"
+    assert "materially less GPU memory, ort_cuda at batch 1 with 100 MB VRAM" in tie_sentence(decision)
+
+
+def test_process_rss_does_not_break_a_cpu_tie():
+    # Peak RSS is the whole process's and grows as engines run, so 430 vs 434 MB (or any gap)
+    # says which engine ran first, not which uses less: the tie goes by config order instead.
+    for first_rss, second_rss in ((434.0, 430.0), (430.0, 434.0), (900.0, 430.0)):
+        rows = [
+            row("torch_eager_cpu", 1, 0.040, 25000, rss=first_rss),
+            row("ort_cpu", 1, 0.041, 24400, rss=second_rss),
+        ]
+        decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+        assert decision["chosen"]["engine"] == "torch_eager_cpu"
+        sentence = tie_sentence(decision)
+        assert "less memory" not in sentence and "less GPU memory" not in sentence
+        assert sentence.endswith(
+            "memory does not separate them because they run on the CPU, where no engine's own memory is "
+            "measured (peak RSS is the process's), so the tie goes to the earlier engine in the configured "
+            "order, torch_eager_cpu at batch 1."
+        )
+
+
+def test_same_engine_tie_within_the_vram_margin_goes_to_the_smaller_batch():
+    # 140 vs 100 MB: 40 % more but only 40 MB, under the 50 MB margin, so memory does not decide
+    # and the smaller batch wins although it used more.
+    rows = [
+        row("ort_cuda", 1, 0.100, 10000, device="cuda", vram=140.0),
+        row("ort_cuda", 8, 0.101, 79000, device="cuda", vram=100.0),
+    ]
+    decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+    assert (decision["chosen"]["engine"], decision["chosen"]["batch"]) == ("ort_cuda", 1)
+    assert tie_sentence(decision).endswith(
+        "memory does not separate them because their GPU memory differs by no more than 50 MB or 10% "
+        "(ort_cuda at batch 1: 140 MB VRAM; ort_cuda at batch 8: 100 MB VRAM), so the tie goes to the "
+        "smaller batch, ort_cuda at batch 1."
+    )
+    # 1060 vs 1000 MB: 60 MB more but only 6 %, so memory does not decide either.
+    rows[0]["vram_mb"], rows[1]["vram_mb"] = 1060.0, 1000.0
+    decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+    assert decision["chosen"]["batch"] == 1 and "smaller batch, ort_cuda at batch 1" in tie_sentence(decision)
+    # 1200 vs 1000 MB is material (200 MB, 20 %): batch 8 wins on memory.
+    rows[0]["vram_mb"] = 1200.0
+    decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+    assert decision["chosen"]["batch"] == 8 and "materially less GPU memory" in tie_sentence(decision)
+
+
+def test_heavier_rows_drop_out_and_the_rest_go_by_engine_order():
+    rows = [
+        row("torch_eager_cpu", 1, 0.100, 10000),
+        row("torch_eager_cuda", 1, 0.100, 10000, device="cuda", vram=30.0),
+        row("ort_cuda", 1, 0.100, 10000, device="cuda", vram=700.0),
+    ]
+    decision = select_model(rows, CONSTRAINTS, "latency", 0.05, ORDER)
+    assert decision["chosen"]["engine"] == "torch_eager_cpu"
+    sentence = tie_sentence(decision)
+    assert (
+        "ort_cuda at batch 1 drops out for using materially more GPU memory (700 MB VRAM against 0 MB)"
+        in (sentence)
+    )
+    assert sentence.endswith(
+        "memory does not separate the rest because their GPU memory differs by no more than 50 MB or 10% "
+        "(torch_eager_cpu at batch 1: no GPU memory; torch_eager_cuda at batch 1: 30 MB VRAM), so the tie "
+        "goes to the earlier engine in the configured order, torch_eager_cpu at batch 1."
+    )
+
+
+def test_unmeasured_vram_leaves_a_tie_to_engine_order():
+    # No VRAM constraint here, so a GPU row without a VRAM reading can pass and be tied.
+    constraints = {"latency_p95_ms": {"max": 50}}
+    rows = [
+        row("torch_eager_cuda", 1, 0.100, 10000, device="cuda", vram=None),
+        row("ort_cuda", 1, 0.100, 10000, device="cuda", vram=20.0),
+    ]
+    decision = select_model(rows, constraints, "latency", 0.05, ORDER)
+    assert decision["chosen"]["engine"] == "torch_eager_cuda"
+    assert (
+        "because GPU memory was not measured for torch_eager_cuda at batch 1, so the tie goes to the "
+        "earlier engine in the configured order, torch_eager_cuda at batch 1."
+    ) in tie_sentence(decision)
 
 
 def test_no_configuration_passing_means_no_choice():

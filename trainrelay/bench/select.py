@@ -2,10 +2,13 @@
 
 Order of decision: (1) keep the configurations that meet every constraint; (2) rank them by the
 model's objective — ``latency`` (lowest p95 latency) or ``throughput`` (most samples/s);
-(3) configurations within ``tie_tolerance`` (relative) of the best count as tied, and the one
-using less memory wins (GPU memory first, then peak RSS); (4) remaining ties go to the earlier
-engine in the configured order, then the smaller batch. Nothing here prefers a device: a CPU
-engine wins whenever it measured best.
+(3) configurations within ``tie_tolerance`` (relative) of the best count as tied; among them a
+configuration using materially more GPU memory than the least (``vram_mb``, the engine's own
+over a baseline; a CPU engine uses none) drops out; (4) remaining ties go to the earlier engine
+in the configured order, then the smaller batch. Peak RSS never breaks a tie: it is the whole
+process's, and it only grows as engines are measured in config order, so it would rank engines by
+when they were measured, not by what they use. Nothing here prefers a device: a CPU engine wins
+whenever it measured best.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def _summary(row: dict[str, Any]) -> str:
         vram = "no GPU memory" if row["device"] == "cpu" else "VRAM not measured"
     return (
         f"p95 {row['latency_p95_ms']:.3f} ms, {row['throughput_sps']:.0f} samples/s, {vram}, "
-        f"peak RSS {row['peak_rss_mb']:.0f} MB"
+        f"process peak RSS {row['peak_rss_mb']:.0f} MB"
     )
 
 
@@ -41,8 +44,79 @@ def _failure(check: dict[str, Any]) -> str:
     return f"{check['constraint']} (measured {check['value']:.4g})"
 
 
-def _memory_key(row: dict[str, Any]) -> tuple[float, float]:
-    return (row["vram_mb"] or 0.0, row["peak_rss_mb"] or 0.0)
+# A GPU memory difference breaks a tie only when it is material: more than MEMORY_MARGIN_MB and
+# more than MEMORY_MARGIN_REL above the least. Smaller differences are within allocator rounding
+# (torch's 2 MiB segments, ONNX Runtime's arena chunks) and what other processes on the GPU did
+# between the baseline and the peak, so they say nothing about the engine.
+MEMORY_MARGIN_MB = 50.0
+MEMORY_MARGIN_REL = 0.10
+
+
+def _gpu_memory(row: dict[str, Any]) -> float | None:
+    """The configuration's own GPU memory in MB: none for a CPU engine, None when not measured."""
+    return 0.0 if row["device"] == "cpu" else row["vram_mb"]
+
+
+def _gpu_memory_text(row: dict[str, Any]) -> str:
+    memory = _gpu_memory(row)
+    if row["device"] == "cpu":
+        return "no GPU memory"
+    return "VRAM not measured" if memory is None else f"{memory:.0f} MB VRAM"
+
+
+def _materially_more(memory: float, least: float) -> bool:
+    return memory - least > MEMORY_MARGIN_MB and memory > least * (1 + MEMORY_MARGIN_REL)
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _break_tie(tied: list[dict[str, Any]], engine_order: list[str]) -> tuple[dict[str, Any], str]:
+    """The winner among tied configurations and the clause saying what decided it."""
+    order = {name: i for i, name in enumerate(engine_order)}
+    tied = sorted(tied, key=lambda r: (order.get(r["engine"], len(order)), r["batch"]))
+    memory = [_gpu_memory(r) for r in tied]
+    unmeasured = [r for r, m in zip(tied, memory, strict=True) if m is None]
+    least = 0.0
+    kept, heavier = tied, []
+    if not unmeasured:  # one unknown value makes every comparison with it unknown: memory cannot decide
+        least = min(m for m in memory if m is not None)
+        heavy = [m is not None and _materially_more(m, least) for m in memory]
+        kept = [r for r, h in zip(tied, heavy, strict=True) if not h]
+        heavier = [r for r, h in zip(tied, heavy, strict=True) if h]
+    chosen = kept[0]
+    if len(kept) == 1:
+        against = "; ".join(f"{_where(r)}: {_gpu_memory_text(r)}" for r in heavier)
+        return chosen, (
+            f"the tie goes to the one using materially less GPU memory, {_where(chosen)} with "
+            f"{_gpu_memory_text(chosen)} ({against})"
+        )
+    clauses = []
+    if heavier:
+        clauses.append(
+            f"{_join([_where(r) for r in heavier])} {'drops' if len(heavier) == 1 else 'drop'} out for "
+            f"using materially more GPU memory ({'; '.join(_gpu_memory_text(r) for r in heavier)} "
+            f"against {least:.0f} MB)"
+        )
+    if unmeasured:
+        why = f"GPU memory was not measured for {_join([_where(r) for r in unmeasured])}"
+    elif all(r["device"] == "cpu" for r in kept):
+        why = "they run on the CPU, where no engine's own memory is measured (peak RSS is the process's)"
+    else:
+        listed = "; ".join(f"{_where(r)}: {_gpu_memory_text(r)}" for r in kept)
+        why = (
+            f"their GPU memory differs by no more than {MEMORY_MARGIN_MB:.0f} MB or "
+            f"{MEMORY_MARGIN_REL:.0%} ({listed})"
+        )
+    if kept[1]["engine"] != chosen["engine"]:
+        by = f"the earlier engine in the configured order, {_where(chosen)}"
+    else:
+        by = f"the smaller batch, {_where(chosen)}"
+    clauses.append(
+        f"memory does not separate {'the rest' if heavier else 'them'} because {why}, so the tie goes to {by}"
+    )
+    return chosen, "; ".join(clauses)
 
 
 def select_model(
@@ -86,18 +160,13 @@ def select_model(
     best = max(passing, key=value) if higher_better else min(passing, key=value)
     bound = value(best) * (1 - tie_tolerance) if higher_better else value(best) * (1 + tie_tolerance)
     tied = [r for r in passing if (value(r) >= bound if higher_better else value(r) <= bound)]
-    order = {name: i for i, name in enumerate(engine_order)}
-    tied.sort(key=lambda r: (*_memory_key(r), order.get(r["engine"], len(order)), r["batch"]))
-    chosen = tied[0]
     reasoning.append(
         f"Objective {objective}: {wording} wins; {_where(best)} is best with {metric} {value(best):.4g}."
     )
+    chosen, how = _break_tie(tied, engine_order)
     if len(tied) > 1:
-        others = ", ".join(f"{_where(r)} ({value(r):.4g})" for r in tied[1:])
-        reasoning.append(
-            f"Within {tie_tolerance:.0%} of the best and so tied: {_where(chosen)} and {others}; "
-            f"the tie goes to the one using less memory, {_where(chosen)}."
-        )
+        listed = _join([f"{_where(r)} ({value(r):.4g})" for r in tied])
+        reasoning.append(f"Within {tie_tolerance:.0%} of the best and so tied: {listed}; {how}.")
     reasoning.append(
         f"Chosen: {_where(chosen)} on {chosen['device']} ({chosen['precision']}): {_summary(chosen)}."
     )
