@@ -133,14 +133,3 @@ def test_config_layers_merge_as_snakemake_merges_them() -> None:
         "until": "embeddings",
     }
 
-
-def test_config_digest_follows_the_chosen_sections_only() -> None:
-    from trainrelay.config import config_digest
-
-    config = {"seed": 7, "segments": {"folds": 2, "embargo_bars": 8}, "device": "auto"}
-    digest = config_digest(config, ["segments", "seed"])
-    assert len(digest) == 16 and digest == config_digest(config, ["seed", "segments", "seed"])
-    reordered = {"device": "cuda", "segments": {"embargo_bars": 8, "folds": 2}, "seed": 7}
-    assert config_digest(reordered, ["segments", "seed"]) == digest  # order and other keys: no change
-    assert config_digest({**config, "seed": 8}, ["segments", "seed"]) != digest
-    assert config_digest(config, ["segments"]) != digest

@@ -53,7 +53,39 @@ def config_errors(config: dict[str, Any], schema: dict[str, Any] | None = None) 
     schema = schema if schema is not None else load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (-len(e.absolute_path), e.message))
-    return [_describe(error) for error in errors]
+    return [_describe(error) for error in errors] or consistency_errors(config)
+
+
+# Stages that read the precomputed forecasts with the policy (config `until` values).
+FORECASTER_ONLY_STAGES = ("embeddings", "train_forecaster", "precompute")
+INTERVAL_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240}
+INTERVAL_MINUTES |= {"8h": 480, "1d": 1440}
+
+
+def consistency_errors(config: dict[str, Any]) -> list[str]:
+    """Settings that are valid one by one but wrong together (checked once the schema holds)."""
+    problems = []
+    fold = config["forecaster"]["fold"]
+    if fold != 0 and config["until"] not in FORECASTER_ONLY_STAGES:
+        # One forecast table feeds every walk-forward fold's policy; only a forecaster fitted on fold
+        # 0 (whose train rows come before every fold's val and test) keeps it out of sample.
+        problems.append(
+            f"config: forecaster.fold: {fold} would leak: fold {fold}'s train and val rows overlap earlier "
+            "folds' test rows, and every fold's policy reads its forecasts; set forecaster.fold: 0, "
+            "or until: precompute to study that forecaster alone"
+        )
+    hours = config["policy"]["funding_every_hours"]
+    if hours is not None and config["source"] != "files":
+        bar = config["intervals"]["bar"]
+        if (hours * 60) % INTERVAL_MINUTES[bar]:
+            # Funding is charged at the bars that close on a funding time; with longer or misaligned
+            # bars some settlements fall inside a bar and would never be charged.
+            problems.append(
+                f"config: policy.funding_every_hours: {hours:g} is not a whole number of {bar} bars "
+                f"(intervals.bar), so settlements inside a bar would go uncharged; use a bar that "
+                "divides the funding interval"
+            )
+    return problems
 
 
 def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None, source: str = "") -> None:
