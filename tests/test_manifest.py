@@ -233,3 +233,18 @@ def test_series_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         build_manifest(
             "data/raw/files", [str(path)], factory.config({**overrides, "files": {"interval": "4h"}}), OUT
         )
+
+
+def test_coin_m_symbols_with_an_underscore_are_known_files(tmp_path) -> None:
+    from trainrelay.config import config_errors, load_config
+    from trainrelay.data.manifest import classify
+
+    root = tmp_path / "data/raw/binance"
+    kline = root / "data/futures/cm/monthly/klines/BTCUSD_PERP/3m/BTCUSD_PERP-3m-2024-02.zip"
+    funding = root / "data/futures/cm/monthly/fundingRate/BTCUSD_PERP/BTCUSD_PERP-fundingRate-2024-02.zip"
+    config = load_config(factory.REPO / "config" / "config.yaml")
+    assert classify(kline, config, root).symbol == "BTCUSD_PERP"
+    known = classify(funding, config, root)
+    assert (known.kind, known.symbol) == ("funding", "BTCUSD_PERP")
+    config["binance"].update(market="futures/cm", symbols=["BTCUSD_PERP", "ETHUSD_PERP"])
+    assert config_errors(config) == []

@@ -83,3 +83,9 @@ def test_metadata_rows_have_inclusive_times() -> None:
     assert train_end == timeline[65]  # train [0, 66), embargo, val [68, 78), embargo, test [80, 100)
     val = meta.filter(pl.col("split") == "val").row(0, named=True)
     assert val["start"] == timeline[68] and val["end"] == timeline[77]
+
+
+def test_fractions_are_floored_as_written_not_as_binary_floats() -> None:
+    # 0.29 * 100 is 28.999999999999996 in binary: the documented floor(0.29 * 100) is 29.
+    (fold,) = walk_forward(100, folds=1, val_fraction=0.29, test_fraction=0.29, embargo=0)
+    assert (fold.test.stop - fold.test.start, fold.val.stop - fold.val.start) == (29, 29)

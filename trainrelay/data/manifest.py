@@ -47,8 +47,8 @@ MANIFEST_SCHEMA = {
     "sha256": pl.String,
 }
 
-_KLINE_RE = re.compile(r"/klines/([A-Z0-9]+)/([0-9]+[mhd])/\1-\2-([0-9]{4}-[0-9]{2})\.zip$")
-_FUNDING_RE = re.compile(r"/fundingRate/([A-Z0-9]+)/\1-fundingRate-([0-9]{4}-[0-9]{2})\.zip$")
+_KLINE_RE = re.compile(r"/klines/([A-Z0-9_]+)/([0-9]+[mhd])/\1-\2-([0-9]{4}-[0-9]{2})\.zip$")
+_FUNDING_RE = re.compile(r"/fundingRate/([A-Z0-9_]+)/\1-fundingRate-([0-9]{4}-[0-9]{2})\.zip$")
 _SERIES_RE = re.compile(r"(?:^|/)series/([A-Za-z0-9_]+)\.parquet$")
 _EVENTS_RE = re.compile(r"(?:^|/)events/events\.csv$")
 

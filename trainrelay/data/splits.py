@@ -8,6 +8,7 @@ see the bars the next split is scored on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,11 @@ class Fold:
         return {"train": self.train, "val": self.val, "test": self.test}[split]
 
 
+def _floor_share(fraction: float, n: int) -> int:
+    """floor(fraction * n) as written in decimal: int(0.29 * 100) is 28 in binary floating point."""
+    return math.floor(round(fraction * n, 9))
+
+
 def walk_forward(n: int, folds: int, val_fraction: float, test_fraction: float, embargo: int) -> list[Fold]:
     """Expanding-window folds over ``n`` bars.
 
@@ -59,13 +65,13 @@ def walk_forward(n: int, folds: int, val_fraction: float, test_fraction: float, 
     ``embargo`` bars before its test block; its train block is everything up to ``embargo``
     bars before its val block.
     """
-    block = int(test_fraction * n) // folds
+    block = _floor_share(test_fraction, n) // folds
     if block < 1:
         raise DataError(
             f"segments.test_fraction={test_fraction} of {n} bars gives empty test blocks for "
             f"segments.folds={folds}; raise test_fraction, lower folds or acquire more data"
         )
-    val_rows = int(val_fraction * n)
+    val_rows = _floor_share(val_fraction, n)
     if val_rows < 1:
         raise DataError(
             f"segments.val_fraction={val_fraction} of {n} bars gives an empty val block; raise it"
