@@ -5,6 +5,7 @@ hadolint (Docker itself cannot run here)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from trainrelay.atomic import write_json
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.export.onnx_export import export_with_parity
 from trainrelay.forecast.base import build_module
-from trainrelay.package.builder import build_package, bundle_filename
+from trainrelay.package.builder import _requirements, build_package, bundle_filename
 from trainrelay.package.tarball import FIXED_MTIME, write_tar_gz
 from trainrelay.package.verify import verify_bundle
 
@@ -151,9 +152,40 @@ def test_cuda_engine_gets_gpu_runtime(models, tmp_path) -> None:
     selection["models"]["forecaster"]["chosen"].update(engine="torch_cuda_graph", device="cuda")
     write_json(tmp_path / "selection.json", selection)
     _, meta = build({**models, "selection": tmp_path / "selection.json"}, tmp_path, package_config())
-    assert meta["device"] == "cuda" and meta["requirements"][0].startswith("onnxruntime-gpu[cuda,cudnn]==")
+    # here the CPU distribution is installed: its version, pinned as the GPU package
+    installed = importlib.metadata.version("onnxruntime")
+    assert meta["device"] == "cuda" and meta["requirements"][0] == f"onnxruntime-gpu[cuda,cudnn]=={installed}"
     assert meta["models"]["forecaster"]["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert "torch_cuda_graph" in meta["models"]["forecaster"]["note"]
+
+
+def test_requirements_after_setup_gpu(monkeypatch) -> None:
+    """`make setup-gpu` uninstalls the onnxruntime distribution and installs onnxruntime-gpu (same
+    module). onnxruntime-gpu cannot be installed here (no CUDA), so the package metadata is faked:
+    onnxruntime unknown, onnxruntime-gpu 1.31.1."""
+    real_version = importlib.metadata.version
+    not_found = importlib.metadata.PackageNotFoundError
+
+    def gpu_environment(name: str) -> str:
+        if name == "onnxruntime":
+            raise not_found(name)
+        return "1.31.1" if name == "onnxruntime-gpu" else real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", gpu_environment)
+    assert _requirements("cuda") == ["onnxruntime-gpu[cuda,cudnn]==1.31.1", f"numpy=={np.__version__}"]
+    assert _requirements("cpu") == ["onnxruntime==1.31.1", f"numpy=={np.__version__}"]
+
+
+def test_requirements_without_distribution_metadata(monkeypatch) -> None:
+    """An ONNX Runtime built from source registers neither distribution: the module's own version."""
+    import onnxruntime
+
+    def no_onnxruntime(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_onnxruntime)
+    assert _requirements("cpu")[0] == f"onnxruntime=={onnxruntime.__version__}"
+    assert _requirements("cuda")[0] == f"onnxruntime-gpu[cuda,cudnn]=={onnxruntime.__version__}"
 
 
 def test_verify_package_cli(bundle, tmp_path) -> None:

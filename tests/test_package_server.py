@@ -1,10 +1,15 @@
 """The bundle's own inference server, started from an unpacked bundle: 100 concurrent requests
 answered exactly like onnxruntime answers them, p95 latency recorded, and a full queue answered
-503 at once (a queue timeout 503, an inference timeout 504) instead of hanging."""
+503 at once (a queue timeout 503, an inference timeout 504) instead of hanging; a request that
+timed out in the queue frees its place at once; a bad Content-Length gets 400; nvidia-smi's
+"[N/A]" on a MIG GPU does not break /health."""
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from tests.test_package import build, export_models, package_config
+from trainrelay.package.builder import SERVER_SOURCE
 
 torch.set_num_threads(1)
 
@@ -170,6 +176,46 @@ def test_bad_requests(served) -> None:
     assert server.request("/metrics")[0] == 404
 
 
+def raw_post(port: int, content_length: str | None, body: bytes = b"") -> tuple[int, dict]:
+    """POST /predict/policy with exactly this Content-Length header (None: none at all), which
+    urllib and http.client's request() would otherwise compute themselves."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/predict/policy")
+        conn.putheader("Content-Type", "application/json")
+        if content_length is not None:
+            conn.putheader("Content-Length", content_length)
+        conn.endheaders(body or None)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_content_length_errors(served) -> None:
+    server, _ = served
+    body = json.dumps({"inputs": [[0.5] * 12]}).encode()
+    status, payload = raw_post(server.port, str(len(body)), body)
+    assert status == 200 and payload["shape"] == [1, 1]
+    assert raw_post(server.port, None) == (
+        400, {"error": "Content-Length header missing: send the JSON body with its length"}
+    )  # fmt: skip
+    limit = 64 * 1024 * 1024
+    for bad in ("abc", "-5", "0", "1_000", "12abc", "1e3"):
+        status, payload = raw_post(server.port, bad)
+        assert (status, payload["error"]) == (
+            400, f"Content-Length must be a whole number of bytes 1..{limit}, got {bad!r}"
+        )  # fmt: skip
+    assert raw_post(server.port, str(limit + 1)) == (
+        413, {"error": f"body of {limit + 1} bytes is over the limit of {limit} bytes"}
+    )  # fmt: skip
+    # more digits than int() parses (4300) is still just too large, not a crash
+    status, payload = raw_post(server.port, "9" * 5000)
+    assert status == 413 and payload["error"].startswith("body of 9999") and "\n" not in payload["error"]
+    # the server is unharmed: every refused request was answered and it still serves
+    assert server.request("/predict/policy", {"inputs": [[0.5] * 12]})[0] == 200
+
+
 def wait_for_health(server, ready, timeout: float = 5.0) -> None:
     """Poll /health until ``ready(health)``: order requests by server state, not by sleeping."""
     deadline = time.monotonic() + timeout
@@ -179,14 +225,18 @@ def wait_for_health(server, ready, timeout: float = 5.0) -> None:
 
 
 def test_full_queue_answers_503_at_once(tmp_path) -> None:
-    """One worker, room for two requests, inference ~1 s: the rest are refused immediately."""
-    with slow_policy_server(tmp_path, workers=1, max_concurrency=2, queue_timeout_s=0.2) as server:
+    """One worker, room for two requests, inference ~2 s: the rest are refused immediately."""
+    # The queued request gives its place back when its queue timeout fires, so a request arriving
+    # after that is rightly admitted (and times out in turn): the four below are refused only if
+    # they arrive within queue_timeout_s of the queued one. They take ~60 ms; 0.5 s leaves room.
+    with slow_policy_server(tmp_path, workers=1, max_concurrency=2, queue_timeout_s=0.5) as server:
         batch = random_batch(0)
         status, payload, slow = server.request("/predict/policy", batch)
-        # the queued request must wait (inference - 0.1 s) well past its 0.2 s queue timeout
         assert status == 200 and payload["inference_ms"] > 400, payload.get("inference_ms")
+        # four batches: the worker stays busy (~4 x slow) well past the queued request's 0.5 s
+        long_batch = {"inputs": batch["inputs"] * 4}
         with ThreadPoolExecutor(max_workers=6) as pool:
-            first = pool.submit(server.request, "/predict/policy", batch)
+            first = pool.submit(server.request, "/predict/policy", long_batch)
             wait_for_health(server, lambda h: h["pool"]["busy"] == 1)  # the first is running
             second = pool.submit(server.request, "/predict/policy", batch)
             wait_for_health(server, lambda h: h["queue"]["in_flight"] == 2)  # the second waits in the queue
@@ -198,9 +248,85 @@ def test_full_queue_answers_503_at_once(tmp_path) -> None:
         assert all(
             "server full" in r[1]["error"] and r[2] < 0.5 * slow for r in rejected
         )  # refused, not queued
-        assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.2 + 0.5 * slow
+        assert queued[0] == 503 and "queue_timeout_s" in queued[1]["error"] and queued[2] < 0.5 + 0.5 * slow
         _, health, _ = server.request("/health")
         assert health["requests"]["rejected_full"] == 4 and health["requests"]["queue_timeouts"] == 1
+
+
+def test_queue_timeout_frees_its_place_at_once(tmp_path) -> None:
+    """A request that timed out in the queue has left the server: the next one is admitted at once,
+    not refused "server full" until the busy worker gets round to discarding the dead job."""
+    with slow_policy_server(tmp_path, workers=1, max_concurrency=2, queue_timeout_s=0.2) as server:
+        long_batch = {"inputs": random_batch(2)["inputs"] * 4}  # ~2.5 s: busy through all below
+        small = {"inputs": [[0.0] * 12]}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(server.request, "/predict/policy", long_batch)
+            wait_for_health(server, lambda h: h["pool"]["busy"] == 1)
+            status, payload, _ = server.request("/predict/policy", small)  # queued, gives up after 0.2 s
+            assert status == 503 and "queue_timeout_s" in payload["error"], payload
+            _, health, _ = server.request("/health")
+            # the worker is still on the long batch, so the dead job is still in its queue
+            assert health["pool"]["busy"] == 1, health
+            assert health["queue"]["in_flight"] == 1 and health["requests"]["rejected_full"] == 0
+            status, payload, _ = server.request("/predict/policy", small)
+            # admitted and queued behind the long batch (so it too times out), not "server full"
+            assert status == 503 and "queue_timeout_s" in payload["error"], payload
+            assert running.result(timeout=60)[0] == 200
+        # the worker pops both dead jobs without releasing their places a second time
+        wait_for_health(server, lambda h: h["queue"]["depth"] == 0 and h["pool"]["busy"] == 0)
+        _, health, _ = server.request("/health")
+        assert health["queue"]["in_flight"] == 0
+        assert {k: health["requests"][k] for k in ("served", "queue_timeouts", "rejected_full")} == {
+            "served": 1, "queue_timeouts": 2, "rejected_full": 0
+        }  # fmt: skip
+        assert server.request("/predict/policy", small)[0] == 200
+
+
+def load_serve_module():
+    """The bundle's server.py as a module (it imports only the standard library, numpy, onnxruntime)."""
+    spec = importlib.util.spec_from_file_location("bundle_serve", SERVER_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_nvidia_smi(folder: Path, output: str) -> None:
+    """nvidia-smi cannot run here: a script of that name prints what a real one printed."""
+    folder.mkdir()
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}EOF\n")
+    script.chmod(0o755)
+
+
+def test_gpu_probe_reads_mig_nvidia_smi(tmp_path, monkeypatch) -> None:
+    """On a MIG GPU nvidia-smi reports utilization.gpu as "[N/A]": no number, /health still answers.
+    A server cannot request CUDA here (onnxruntime has no CUDA provider), so the probe is run directly."""
+    serve = load_serve_module()
+    fake_nvidia_smi(
+        tmp_path / "bin",
+        "NVIDIA H100 80GB HBM3, 10240, 81559, [N/A]\nNVIDIA A100-SXM4-40GB, 512, 40960, 37\n",
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    device = serve.GpuProbe({}, {})._smi()
+    assert device == {
+        "status": "ok",
+        "gpus": [
+            {"name": "NVIDIA H100 80GB HBM3", "memory_used_mb": 10240.0, "memory_total_mb": 81559.0,
+             "utilization_pct": None},
+            {"name": "NVIDIA A100-SXM4-40GB", "memory_used_mb": 512.0, "memory_total_mb": 40960.0,
+             "utilization_pct": 37.0},
+        ],
+    }  # fmt: skip
+    json.dumps(device, allow_nan=False)  # what /health sends must stay valid JSON
+
+
+def test_gpu_probe_reports_unreadable_nvidia_smi(tmp_path, monkeypatch) -> None:
+    serve = load_serve_module()
+    fake_nvidia_smi(tmp_path / "bin", "No devices were found\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    device = serve.GpuProbe({}, {})._smi()
+    assert device["status"] == "unavailable"
+    assert device["reason"].startswith("nvidia-smi output not understood")
 
 
 def test_inference_timeout_answers_504(tmp_path) -> None:

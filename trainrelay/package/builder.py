@@ -93,8 +93,28 @@ def _selected(selection: dict[str, Any], model: str, path: str | Path) -> dict[s
     return {key: chosen.get(key) for key in keys}
 
 
+def _ort_version(device: str) -> str:
+    """The version of the installed ONNX Runtime, the one the parity check ran with.
+
+    Two distributions provide the ``onnxruntime`` module: ``onnxruntime`` and ``onnxruntime-gpu``
+    (``make setup-gpu`` swaps the first for the second), so either may be the one installed. The one
+    that matches the bundle's device is asked first, in case a broken environment has both.
+    """
+    names = ("onnxruntime-gpu", "onnxruntime") if device == "cuda" else ("onnxruntime", "onnxruntime-gpu")
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    # Neither distribution is registered (an ONNX Runtime built from source): ask the module itself.
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
 def _requirements(device: str) -> list[str]:
-    ort_version = importlib.metadata.version("onnxruntime")
+    """The bundle's pins: the ONNX Runtime package for its device at the installed version, numpy."""
+    ort_version = _ort_version(device)
     runtime = (
         f"onnxruntime-gpu[cuda,cudnn]=={ort_version}" if device == "cuda" else f"onnxruntime=={ort_version}"
     )

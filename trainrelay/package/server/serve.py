@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import shutil
 import signal
@@ -201,8 +202,9 @@ class Pool:
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
-            if not job.take():  # its request timed out in the queue and was answered already
-                self._release()
+            # Its request timed out in the queue, was answered and gave its slot back then (run());
+            # releasing here as well would count it twice.
+            if not job.take():
                 continue
             with self.lock:
                 self.busy += 1
@@ -224,7 +226,12 @@ class Pool:
         """Queue ``job`` and wait for its outputs within the queue and inference timeouts."""
         self.submit(job)
         if not job.started.wait(self.queue_timeout) and job.drop():
-            self.count("queue_timeouts")
+            # The request leaves the server now, so its slot is free now: kept until a worker pops the
+            # dead job, it would have new requests refused "server full" with fewer than
+            # max_concurrency inside. drop() and take() exclude each other: exactly one side releases.
+            with self.lock:
+                self.admitted -= 1
+                self.counters["queue_timeouts"] += 1
             raise ServeError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"no worker free within queue_timeout_s {self.queue_timeout:g}",
@@ -265,6 +272,15 @@ class Pool:
             self.jobs.put(None)
 
 
+def _number(text: str) -> float | None:
+    """A numeric ``nvidia-smi`` field, or None for "[N/A]" / "[Not Supported]" (utilization on a MIG GPU)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None  # NaN would make /health invalid JSON
+
+
 class GpuProbe:
     """What the GPU looks like: ONNX Runtime's providers and, when present, ``nvidia-smi``."""
 
@@ -285,10 +301,14 @@ class GpuProbe:
         except (OSError, subprocess.SubprocessError) as exc:
             return {"status": "unavailable", "reason": f"nvidia-smi failed: {exc}"}
         gpus = []
-        for line in done.stdout.strip().splitlines():
-            name, used, total, util = (part.strip() for part in line.split(","))
-            gpus.append({"name": name, "memory_used_mb": float(used), "memory_total_mb": float(total),
-                         "utilization_pct": float(util)})  # fmt: skip
+        try:
+            for line in done.stdout.strip().splitlines():
+                # rsplit: the three numeric fields are last, so a comma in a GPU name cannot shift them
+                name, used, total, util = (part.strip() for part in line.rsplit(",", 3))
+                gpus.append({"name": name, "memory_used_mb": _number(used), "memory_total_mb": _number(total),
+                             "utilization_pct": _number(util)})  # fmt: skip
+        except ValueError as exc:  # a line without four fields: report it, /health must still answer
+            return {"status": "unavailable", "reason": f"nvidia-smi output not understood: {exc}"}
         return {"status": "ok", "gpus": gpus}
 
     def status(self) -> dict[str, Any]:
@@ -348,9 +368,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = [p for p in self.path.split("/") if p]
         if not parts or parts[0] != "predict" or len(parts) > 2:
             raise ServeError(HTTPStatus.NOT_FOUND, "use POST /predict/<model>")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_BODY_BYTES:
-            raise ServeError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body must be 1..{MAX_BODY_BYTES} bytes")
+        length = self._content_length()
         try:
             body = json.loads(self.rfile.read(length))
             batch = np.asarray(body["inputs"], dtype=np.float32)
@@ -360,6 +378,30 @@ class Handler(BaseHTTPRequestHandler):
             ) from exc
         name = parts[1] if len(parts) == 2 else str(body.get("model", ""))
         return name, batch
+
+    def _content_length(self) -> int:
+        """The body's length: 400 when the header is missing, not an integer or not positive (the body
+        cannot be read without it; chunked bodies are not supported), 413 above MAX_BODY_BYTES."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise ServeError(
+                HTTPStatus.BAD_REQUEST, "Content-Length header missing: send the JSON body with its length"
+            )
+        digits = raw.strip()
+        # ASCII digits only: int() would also take "1_000", "+5" or non-ASCII digits, which HTTP does not
+        significant = digits.lstrip("0") if digits.isascii() and digits.isdigit() else ""
+        if not significant:  # not a number, negative, or zero
+            raise ServeError(
+                HTTPStatus.BAD_REQUEST,
+                f"Content-Length must be a whole number of bytes 1..{MAX_BODY_BYTES}, got {raw[:40]!r}",
+            )
+        # int() refuses numbers of more than 4300 digits; one of more than 20 is over the limit anyway
+        if len(significant) > 20 or int(significant) > MAX_BODY_BYTES:
+            raise ServeError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {significant[:40]} bytes is over the limit of {MAX_BODY_BYTES} bytes",
+            )
+        return int(significant)
 
 
 class HTTPServer(ThreadingHTTPServer):
