@@ -132,4 +132,3 @@ def test_config_layers_merge_as_snakemake_merges_them() -> None:
         "run": "demo",
         "until": "embeddings",
     }
-
