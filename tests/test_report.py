@@ -59,6 +59,9 @@ def test_report_json_holds_the_numbers(built: tuple[Path, dict[str, Path]]) -> N
     baseline = [d for d in report["benchmark"]["deltas"] if d["is_baseline"]]
     assert {d["engine"] for d in baseline} == {"torch_eager_cpu"}
     assert all(d["speedup_p50"] == pytest.approx(1.0) for d in baseline)
+    # memory in the comparison is an engine's own VRAM; process RSS would only show measuring order
+    assert all(d["vram_mb"] is None for d in report["benchmark"]["deltas"] if d["device"] == "cpu")
+    assert not any("rss_delta_mb" in d for d in report["benchmark"]["deltas"])
     # unavailable and failed engines fail the constraints with their reason, never with a number
     trt = next(r for r in report["benchmark"]["evaluation"] if r["engine"] == "ort_tensorrt_fp16")
     assert not trt["meets_all"] and "TensorRT is not installed" in " ".join(trt["notes"])

@@ -85,11 +85,11 @@ class EngineSettings:
     device_id: int = 0
 
 
-def _require_torch_cuda() -> torch.device:
+def _require_torch_cuda(device_id: int = 0) -> torch.device:
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"a CUDA {torch.version.cuda} build"
         raise EngineUnavailable(f"no CUDA device: torch {torch.__version__} ({build}) sees none")
-    return torch.device("cuda")
+    return torch.device(f"cuda:{device_id}")  # the device ORT and NVML are pointed at too
 
 
 class Engine(ABC):
@@ -118,7 +118,7 @@ class TorchEngine(Engine):
         if self.model.module is None:
             raise EngineUnavailable("no torch module for this model (only its ONNX file was given)")
         if self.spec.device == "cuda":
-            self.device = _require_torch_cuda()
+            self.device = _require_torch_cuda(self.settings.device_id)
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(self.settings.threads)

@@ -101,7 +101,7 @@ def benchmark_rows(benchmark: pl.DataFrame) -> list[dict[str, Any]]:
 def engine_deltas(rows: list[dict[str, Any]], baseline: dict[str, str]) -> list[dict[str, Any]]:
     """Each measured row against the baseline engine's row for the same model and batch.
 
-    ``speedup_p50`` > 1 means faster than the baseline; ``rss_delta_mb`` > 0 means more memory.
+    ``speedup_p50`` > 1 means faster than the baseline; ``vram_mb`` is the engine's own GPU memory.
     """
     ok = [row for row in rows if row["status"] == "ok"]
 
@@ -126,11 +126,9 @@ def engine_deltas(rows: list[dict[str, Any]], baseline: dict[str, str]) -> list[
         delta["speedup_p50"] = ratio(base["latency_p50_ms"], row["latency_p50_ms"]) if base else None
         delta["speedup_p95"] = ratio(base["latency_p95_ms"], row["latency_p95_ms"]) if base else None
         delta["throughput_ratio"] = ratio(row["throughput_sps"], base["throughput_sps"]) if base else None
-        delta["rss_delta_mb"] = (
-            row["peak_rss_mb"] - base["peak_rss_mb"]
-            if base and finite(row["peak_rss_mb"]) and finite(base["peak_rss_mb"])
-            else None
-        )
+        # The engine's own GPU memory (over a baseline). No process-RSS difference: RSS only grows
+        # while engines are measured one after another, so it would rank them by measuring order.
+        delta["vram_mb"] = row["vram_mb"] if finite(row.get("vram_mb")) else None
         delta["note"] = None if base else "no baseline row for this model and batch"
         out.append(delta)
     return out

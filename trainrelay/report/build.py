@@ -194,7 +194,7 @@ def metrics_rows(context: dict[str, Any]) -> pl.DataFrame:
         rows += [("benchmark", subject(row), k, v) for k, v in row.items() if k not in skip]
     for row in context["benchmark"]["deltas"]:
         rows += [("delta_vs_baseline", subject(row), k, row[k])
-                 for k in ("speedup_p50", "speedup_p95", "throughput_ratio", "rss_delta_mb")]  # fmt: skip
+                 for k in ("speedup_p50", "speedup_p95", "throughput_ratio", "vram_mb")]  # fmt: skip
     for row in context["benchmark"]["evaluation"]:
         rows.append(("constraints", subject(row), "meets_all", row["meets_all"]))
     for entry in context["selection"]:
