@@ -212,6 +212,10 @@ def test_content_length_errors(served) -> None:
     # more digits than int() parses (4300) is still just too large, not a crash
     status, payload = raw_post(server.port, "9" * 5000)
     assert status == 413 and payload["error"].startswith("body of 9999") and "\n" not in payload["error"]
+    # absurdly nested JSON is a bad request, not a dropped connection
+    nested = b"[" * 100_000 + b"]" * 100_000
+    status, payload = raw_post(server.port, str(len(nested)), nested)
+    assert status == 400 and "RecursionError" in payload["error"]
     # the server is unharmed: every refused request was answered and it still serves
     assert server.request("/predict/policy", {"inputs": [[0.5] * 12]})[0] == 200
 

@@ -336,6 +336,9 @@ class GpuProbe:
 class Handler(BaseHTTPRequestHandler):
     server_version = "trainrelay-serve/1"
     app: App  # set on the subclass made by App.handler()
+    # Socket timeout per read: a client that announces a body and never sends it gives its handler
+    # thread back after this instead of holding it for ever.
+    timeout = 30
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # access logs would dominate a load test; errors are counted in /health
@@ -372,9 +375,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(length))
             batch = np.asarray(body["inputs"], dtype=np.float32)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: absurd nesting
             raise ServeError(
-                HTTPStatus.BAD_REQUEST, f'body must be JSON {{"inputs": [...]}} ({exc})'
+                HTTPStatus.BAD_REQUEST,
+                f'body must be JSON {{"inputs": [...]}} ({type(exc).__name__}: {exc})'[:300],
             ) from exc
         name = parts[1] if len(parts) == 2 else str(body.get("model", ""))
         return name, batch
