@@ -343,3 +343,22 @@ def test_inference_timeout_answers_504(tmp_path) -> None:
         while (answer := server.request("/predict/policy", {"inputs": [[0.0] * 12]}))[0] != 200:
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
+
+
+def test_tensorrt_caches_go_where_the_server_user_can_write(tmp_path, monkeypatch) -> None:
+    """The image runs as uid 10001 in a root-owned /app: the engine cache must not default there."""
+    serve = load_serve_module()
+    monkeypatch.delenv("TRAINRELAY_TRT_CACHE", raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(serve.tempfile, "tempdir", None)  # re-read TMPDIR
+    options = serve.tensorrt_options()
+    default = tmp_path / "tmp" / "trainrelay-trt-cache"
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(default)
+    assert default.is_dir()
+    assert {
+        options[k] for k in ("trt_fp16_enable", "trt_engine_cache_enable", "trt_timing_cache_enable")
+    } == {"True"}
+    monkeypatch.setenv("TRAINRELAY_TRT_CACHE", str(tmp_path / "volume"))
+    assert serve.tensorrt_options()["trt_engine_cache_path"] == str(tmp_path / "volume")
+    assert (tmp_path / "volume").is_dir()

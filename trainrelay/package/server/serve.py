@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import queue
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http import HTTPStatus
@@ -97,6 +99,27 @@ class Model:
         }
 
 
+def tensorrt_options() -> dict[str, str]:
+    """TensorRT EP options: FP16, and engine + timing caches in a folder this user can write.
+
+    The caches default to ONNX Runtime's working directory, which is the image's /app, owned by root
+    while the server runs as uid 10001: every start would rebuild the engines (minutes) and fail to
+    save them. TRAINRELAY_TRT_CACHE names a folder (mount a volume there to keep engines across
+    restarts); the default is a folder in the system's temporary directory.
+    """
+    cache = Path(
+        os.environ.get("TRAINRELAY_TRT_CACHE") or Path(tempfile.gettempdir()) / "trainrelay-trt-cache"
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_fp16_enable": "True",  # the Python binding takes only True/False for these flags
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+    }
+
+
 def _providers(names: list[str], server: dict[str, Any], device: str) -> list[Any]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -113,7 +136,7 @@ def _providers(names: list[str], server: dict[str, Any], device: str) -> list[An
         if name == "CUDAExecutionProvider" and server.get("gpu_mem_limit_mb"):
             out.append((name, {"gpu_mem_limit": str(int(server["gpu_mem_limit_mb"]) * 1024 * 1024)}))
         elif name == "TensorrtExecutionProvider":
-            out.append((name, {"trt_fp16_enable": "True", "trt_engine_cache_enable": "True"}))
+            out.append((name, tensorrt_options()))
         else:
             out.append(name)
     return out
