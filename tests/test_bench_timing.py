@@ -102,3 +102,28 @@ def test_sampler_on_a_mig_gpu_keeps_vram_and_notes_the_missing_utilisation(monke
     assert nvml.handles and set(nvml.handles) == {mig.encode()}
     assert usage.gpu_util_pct is None and usage.vram_mb is not None and usage.vram_mb >= 100
     assert usage.notes == ["gpu_util_pct not measured: NVML utilisation query failed: Not Supported"]
+
+
+def test_sampler_falls_back_to_the_driver_when_nvml_memory_fails(monkeypatch):
+    """An NVML memory query that fails once is not asked again: VRAM comes from the CUDA driver
+    (none on this machine, so no value), and the sampler keeps running."""
+    from trainrelay.bench import sampler as sampler_module
+
+    nvml = FakeNVML()
+    calls = []
+
+    def broken_memory(handle: bytes) -> object:
+        calls.append(handle)
+        raise nvml.NVMLError("GPU is lost")
+
+    nvml.nvmlDeviceGetMemoryInfo = broken_memory
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(
+        sampler_module, "_cuda_uuid", lambda index: "GPU-5f2b7c1e-0000-4000-8000-000000000002"
+    )
+    with ResourceSampler(interval_s=0.002, gpu_baseline_mb=1000.0, device_index=0) as sampler:
+        time.sleep(0.05)
+    assert len(calls) == 1
+    assert sampler.usage.vram_mb is None and sampler.usage.gpu_util_pct is None
+    assert "VRAM read from the CUDA driver: NVML memory query failed: GPU is lost" in sampler.usage.notes
+    assert not any("stopped early" in note for note in sampler.usage.notes)

@@ -51,6 +51,11 @@ def gpu_memory_used_mb(device_index: int = 0) -> float | None:
     if not isinstance(nvml, str):
         pynvml, handle = nvml
         return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+    return _driver_memory_used_mb(device_index)
+
+
+def _driver_memory_used_mb(device_index: int) -> float | None:
+    """Used memory of the whole GPU in MiB as the CUDA driver reports it; None without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
@@ -110,8 +115,8 @@ class ResourceSampler:
             except pynvml.NVMLError as exc:
                 self._nvml = None
                 self._notes.append(f"VRAM read from the CUDA driver: NVML memory query failed: {exc}")
-        if used is None:
-            used = gpu_memory_used_mb(self.device_index)
+        if used is None:  # NVML was found unusable already (on entry or above): not asked again
+            used = _driver_memory_used_mb(self.device_index)
         if used is not None:
             self._vram_peak = used if self._vram_peak is None else max(self._vram_peak, used)
 
