@@ -58,8 +58,9 @@ def config_errors(config: dict[str, Any], schema: dict[str, Any] | None = None) 
 
 # Stages that read the precomputed forecasts with the policy (config `until` values).
 FORECASTER_ONLY_STAGES = ("embeddings", "train_forecaster", "precompute")
-INTERVAL_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240}
-INTERVAL_MINUTES |= {"8h": 480, "1d": 1440}
+INTERVAL_MINUTES = {
+    "1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240, "8h": 480, "1d": 1440,
+}  # fmt: skip
 
 
 def consistency_errors(config: dict[str, Any]) -> list[str]:

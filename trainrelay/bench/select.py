@@ -81,8 +81,9 @@ def _break_tie(tied: list[dict[str, Any]], engine_order: list[str]) -> tuple[dic
     least = 0.0
     kept, heavier = tied, []
     if not unmeasured:  # one unknown value makes every comparison with it unknown: memory cannot decide
-        least = min(m for m in memory if m is not None)
-        heavy = [m is not None and _materially_more(m, least) for m in memory]
+        measured = [float(m or 0.0) for m in memory]  # every one is a number here
+        least = min(measured)
+        heavy = [_materially_more(m, least) for m in measured]
         kept = [r for r, h in zip(tied, heavy, strict=True) if not h]
         heavier = [r for r, h in zip(tied, heavy, strict=True) if h]
     chosen = kept[0]
