@@ -6,7 +6,8 @@ benchmark, deltas vs the baseline engine, constraint evaluation, recommendations
 
 Deterministic: everything shown comes from the inputs (no clock, no hostname), charts are
 deterministic SVG and JSON is written with sorted keys, so rebuilding from the same inputs gives
-identical HTML, JSON and CSV bytes.
+identical HTML, JSON and CSV bytes; the PDF's fonts and font subsets are pinned too
+(:mod:`trainrelay.report.pdf`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import jinja2
 import polars as pl
 
 from trainrelay import __version__
-from trainrelay.atomic import atomic_path, write_json, write_text
+from trainrelay.atomic import write_json, write_text
 from trainrelay.errors import ConfigError
 from trainrelay.fingerprint import config_fingerprint
 from trainrelay.report import analysis, charts
 from trainrelay.report.deploy import deploy_instructions
 from trainrelay.report.inputs import RunInputs, load_run_inputs
+from trainrelay.report.pdf import write_pdf
 from trainrelay.report.values import flatten, fmt, fmt_pct, fmt_when, jsonable, records, table_of
 
 log = logging.getLogger(__name__)
@@ -238,14 +240,6 @@ def render_html(context: dict[str, Any], svgs: dict[str, str]) -> str:
     return env.get_template("report.html.j2").render(r=context, css=css, charts=images)
 
 
-def write_pdf(html: str, target: str | Path) -> None:
-    """Render the HTML to PDF with WeasyPrint (everything is inline, nothing is fetched)."""
-    import weasyprint
-
-    with atomic_path(target) as tmp:
-        weasyprint.HTML(string=html, base_url=str(_HERE / "templates")).write_pdf(tmp)
-
-
 def build_report(
     results_dir: str | Path,
     outputs: dict[str, str | Path],
@@ -266,6 +260,6 @@ def build_report(
     write_json(outputs["json"], context)
     write_text(outputs["csv"], metrics_rows(context).write_csv())
     write_text(outputs["html"], html)
-    write_pdf(html, outputs["pdf"])
+    write_pdf(html, outputs["pdf"], base_url=_HERE / "templates")
     log.info("report for run %s written to %s", context["run"], Path(outputs["html"]).parent)
     return context
