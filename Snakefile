@@ -4,6 +4,18 @@ Run `snakemake -n` to see what would run; `make demo` runs the embedded demo.
 """
 
 
+import sys
+
+from trainrelay.run_lease import take_lease
+
+# A run killed with SIGKILL leaves Snakemake's locks behind; the same command must still resume.
+# trainrelay/run_lease.py clears them only when no run that could own them is alive.
+if workflow.is_main_process:
+    _lease_note = take_lease(".")
+    if _lease_note:
+        print(_lease_note, file=sys.stderr)
+
+
 report: "docs/snakemake-report/workflow.rst"
 
 
