@@ -8,7 +8,7 @@ also clear the locks of a run that is still alive.
 
 So every main ``snakemake`` process of this workflow holds a lease, a small JSON file under
 ``.snakemake/trainrelay-leases/`` with its host, pid, the pid's start time and boot id (so a
-recycled pid does not look alive) and a heartbeat refreshed every 30 s. When a run starts:
+recycled pid does not look alive) and a heartbeat refreshed every 10 s. When a run starts:
 
 * a lease whose holder is gone is removed: on this host, its pid is not running (or is another
   process now); on another host sharing the folder, its heartbeat stopped more than
@@ -33,8 +33,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0  # ten missed heartbeats: the holder on another host is gone
+HEARTBEAT_S = 10.0
+# Six missed heartbeats: the holder on another host is gone. Short, because a stopped RunPod pod
+# comes back as another host on the same volume and its user is waiting to resume.
+STALE_AFTER_S = 60.0
 LEASE_DIR = "trainrelay-leases"
 # Folders where the workflow's atomic writes leave ``.tmp-<name>.XXXX`` files when killed.
 SWEPT_FOLDERS = ("data", "results", "reports")
@@ -145,7 +147,8 @@ class Recovery:
             return (
                 f"trainrelay: another run of this workflow is alive in this folder ({holders}); "
                 "its locks are left alone. If Snakemake stops on 'Directory cannot be locked', wait "
-                "for that run or stop it, then run the same command again."
+                "for that run or stop it, then run the same command again (a run on another host "
+                f"counts as gone {STALE_AFTER_S:.0f} s after its last heartbeat)."
             )
         if self.removed_locks or self.removed_temporary:
             who = ", ".join(lease.describe() for lease in self.removed_leases) or "an earlier run"
