@@ -56,22 +56,33 @@ def unpack(bundle: Path, dest: Path) -> Path:
 
 
 class Server:
-    """``python server/serve.py`` of an unpacked bundle on 127.0.0.1 and a free port."""
+    """``python server/serve.py`` of an unpacked bundle on 127.0.0.1 and a free port; open (no API
+    keys) unless ``extra`` configures keys, and with its audit log in ``audit`` (next to the bundle)."""
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, env: dict[str, str] | None = None,
+                 key: str | None = None) -> None:  # fmt: skip
+        self.audit = folder.parent / f"audit-{os.getpid()}-{id(self)}.jsonl"
+        self.key = key  # sent as the Bearer key by request()
+        keyed = env is not None or "--api-keys-file" in extra
+        args = [*extra, *(() if keyed else ("--no-auth",)), "--audit-log", str(self.audit)]
+        environ = {k: v for k, v in os.environ.items() if k != "TRAINRELAY_API_KEYS"} | (env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "server/serve.py", "--host", "127.0.0.1", "--port", "0", *extra],
-            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "server/serve.py", "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
         )  # fmt: skip
         line = self.proc.stdout.readline()  # the server prints one JSON line when it listens
         if not line:
             raise AssertionError(f"server did not start: {self.proc.stderr.read()}")
         self.port = json.loads(line)["port"]
 
-    def request(self, path: str, body: Any = None, timeout: float = 60) -> tuple[int, dict, float]:
+    def request(self, path: str, body: Any = None, timeout: float = 60, key: str | None = None,
+                method: str | None = None) -> tuple[int, dict, float]:  # fmt: skip
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        headers = {"Content-Type": "application/json"}
+        if key or self.key:
+            headers["Authorization"] = f"Bearer {key or self.key}"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, headers=headers,
+                                     method=method)  # fmt: skip
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -173,7 +184,8 @@ def test_bad_requests(served) -> None:
     assert server.request("/predict/policy", {"inputs": [[1.0, 2.0]]})[0] == 400
     assert server.request("/predict/nope", {"inputs": [[1.0] * 12]})[0] == 404
     assert server.request("/predict/policy", {"rows": []})[0] == 400
-    assert server.request("/metrics")[0] == 404
+    assert server.request("/nope")[0] == 404
+    assert server.request("/health", {"inputs": []})[0] == 404  # POST /health is no route
 
 
 def raw_post(port: int, content_length: str | None, body: bytes = b"") -> tuple[int, dict]:
@@ -290,6 +302,7 @@ def load_serve_module():
     """The bundle's server.py as a module (it imports only the standard library, numpy, onnxruntime)."""
     spec = importlib.util.spec_from_file_location("bundle_serve", SERVER_SOURCE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -138,6 +138,9 @@ def _compose(name: str, version: str, server: dict[str, Any], device: str) -> st
         "build": {"context": "."},
         "ports": [f"{port}:{port}"],
         "restart": "unless-stopped",
+        # The server binds 0.0.0.0 in the container, so it needs API keys; compose refuses to start
+        # without them instead of the server refusing later (DEPLOY.md: "Access").
+        "environment": {"TRAINRELAY_API_KEYS": "${TRAINRELAY_API_KEYS:?see DEPLOY.md, Access}"},
         "stop_grace_period": f"{int(server['inference_timeout_s']) + 5}s",
         "healthcheck": {
             "test": ["CMD", "python", "-c",
