@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from tests.conftest import REPO
-from trainrelay.config import config_errors, load_config
+from trainrelay.config import check_config_files, config_errors, load_config, read_config_file
 from trainrelay.errors import ConfigError
 
 
@@ -70,3 +70,51 @@ def test_config_digest_follows_the_chosen_sections_only() -> None:
     assert config_digest(reordered, ["segments", "seed"]) == digest  # order and other keys: no change
     assert config_digest({**config, "seed": 8}, ["segments", "seed"]) != digest
     assert config_digest(config, ["segments"]) != digest
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "run: tiny\nsynthetic:\n  symbols: [BTCUSDT\n  months: 1\n",
+            "{path}:4:9: not valid YAML: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence at line 3, column 12); fix the YAML there",
+        ),
+        (
+            "run: tiny\nsegments:\n\tfolds: 2\n",
+            "{path}:3:1: not valid YAML: found character '\\t' that cannot start any token",
+        ),
+        (
+            "run: tiny\nsegments:\n  folds: 2\nsegments:\n  folds: 3\n",
+            "{path}:4:1: not valid YAML: key 'segments' appears twice (first at line 2); keep one",
+        ),
+        ("- run\n- tiny\n", "{path}: a config file must be a YAML mapping (key: value lines), not a list"),
+    ],
+    ids=["syntax", "tab", "duplicate key", "not a mapping"],
+)
+def test_a_broken_config_file_names_file_line_and_column(tmp_path, text: str, expected: str) -> None:
+    path = tmp_path / "override.yaml"
+    path.write_text(text)
+    for call in (
+        lambda: read_config_file(path),
+        lambda: load_config(REPO / "config" / "config.yaml", [path]),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value).startswith(expected.format(path=path)), str(caught.value)
+        assert "\n" not in str(caught.value)
+
+
+def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run: tiny\nnote: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2: not UTF-8 text \(byte 0xe9\); save it as UTF-8$"):
+        read_config_file(path)
+
+
+def test_check_config_files_leaves_missing_files_to_snakemake(tmp_path) -> None:
+    check_config_files([tmp_path / "absent.yaml", REPO / "config" / "config.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:2:1: not valid YAML"):
+        check_config_files([REPO / "config" / "config.yaml", bad])

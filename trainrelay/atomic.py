@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from trainrelay.errors import TrainrelayError, WriteFailure
 
 
 @contextlib.contextmanager
@@ -29,9 +32,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
+        _record_failure(exc, target, tmp_path)
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _record_failure(exc: BaseException, target: Path, tmp_path: Path) -> None:
+    """Note the bytes written and the free space on ``exc`` before the temporary file goes.
+
+    torch reports a full disk as "unexpected pos 576 vs 534", without an errno; a failed write
+    that left (almost) no free space is how :func:`trainrelay.errors.environment_problem` tells,
+    and the bytes written say how much the stage needed at least. After the cleanup both are gone.
+    """
+    if isinstance(exc, TrainrelayError) or not isinstance(exc, Exception):
+        return  # a user error with its own line, or Ctrl-C: nothing to diagnose
+    try:
+        written = tmp_path.stat().st_size
+    except OSError:
+        written = 0
+    try:
+        free: int | None = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    with contextlib.suppress(AttributeError):  # the few exception types without a __dict__
+        exc.trainrelay_write = WriteFailure(target, written, free)  # type: ignore[attr-defined]
 
 
 def _umask() -> int:

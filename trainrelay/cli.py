@@ -2,7 +2,9 @@
 
 The workflow's rules call the same library functions through ``scripts/``; these commands exist
 for work outside a Snakemake run (checking a results folder, exporting dashboard state, ...).
-A user error prints one line and exits 1.
+A user error prints one line and exits 1: a TrainrelayError, and an OSError of the user's machine
+(disk full, quota, read-only folder, permissions, a path given on the command line that does not
+exist), however a library wrapped it. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from trainrelay import __version__
-from trainrelay.errors import TrainrelayError
-from trainrelay.rulerun import setup_logging
+from trainrelay.rulerun import setup_logging, user_error_line
 
 # command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,9 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level=10 if args.verbose else 20)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except TrainrelayError as exc:
-        print(f"trainrelay: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_error_line(exc) or _missing_path(exc)
+        if message is None:
+            raise
+        print(f"trainrelay: error: {message}", file=sys.stderr)
         return 1
+
+
+def _missing_path(exc: BaseException) -> str | None:
+    """A file or folder named on the command line that is not there (in a rule, that is a bug)."""
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError) and exc.filename:
+        return f"'{exc.filename}': {exc.strerror}; check the path"
+    return None
 
 
 if __name__ == "__main__":

@@ -3,25 +3,69 @@
 Each ``scripts/<rule>.py`` calls :func:`run_rule` with the ``snakemake`` object and a function
 that does the work. Logging goes to the rule's ``log:`` file and to stderr; a
 :class:`~trainrelay.errors.TrainrelayError` ends the job with one clear line and exit code 1
-(no traceback: the user caused it and the line says what to do); any other exception is a bug
-and keeps its traceback in the log.
+(no traceback: the user caused it and the line says what to do). So does an OSError of the
+user's machine (disk full, quota, read-only folder, permissions), also when pyarrow, polars or
+torch wrapped it: that is the environment, not a bug. Any other exception is a bug and keeps its
+traceback in the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from trainrelay.errors import TrainrelayError
+from trainrelay.errors import TrainrelayError, describe_environment_error, free_space_by_device
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that, once it cannot be written (a full disk), says so once and goes quiet.
+
+    logging's default prints a "--- Logging error ---" traceback for every record, which buries
+    the one line that names the full disk; stderr keeps every record anyway.
+    """
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        exc = sys.exc_info()[1]
+        reason = describe_environment_error(exc, [self.baseFilename]) if exc else None
+        print(
+            f"trainrelay: warning: cannot write the log file {self.baseFilename} "
+            f"({reason or exc}); logging to stderr only",
+            file=sys.stderr,
+            flush=True,
+        )
+        # Closing flushes the buffered records again, which fails again: the file is lost anyway.
+        with contextlib.suppress(OSError):
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None  # type: ignore[assignment]
 
 
 def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+        try:
+            handlers.append(_LogFileHandler(log_file, mode="w", encoding="utf-8"))
+        except OSError as exc:
+            reason = describe_environment_error(exc, [log_file]) or exc
+            print(
+                f"trainrelay: warning: cannot open the log file {log_file} ({reason}); "
+                "logging to stderr only",
+                file=sys.stderr,
+                flush=True,
+            )
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -30,17 +74,30 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
     )
 
 
+def user_error_line(
+    exc: BaseException,
+    outputs: Sequence[str] = (),
+    free_at_start: Mapping[int, int] | None = None,
+) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug."""
+    if isinstance(exc, TrainrelayError):
+        return str(exc)
+    return describe_environment_error(exc, outputs, free_at_start)
+
+
 def run_rule(smk: Any, work: Callable[[Any], None]) -> None:
     """Run ``work(smk)`` with logging to the rule's log; exit 1 with one line on user errors."""
     log_file = smk.log[0] if len(smk.log) else None
     setup_logging(log_file)
+    outputs = [str(path) for path in smk.output]
+    free_at_start = free_space_by_device(outputs)
     try:
         work(smk)
-    except TrainrelayError as exc:
-        line = f"trainrelay: error in rule {smk.rule}: {exc}"
-        logging.getLogger("trainrelay").error(str(exc))
-        print(line, file=sys.stderr, flush=True)
+    except Exception as exc:
+        message = user_error_line(exc, outputs, free_at_start)
+        if message is None:
+            logging.getLogger("trainrelay").error("unexpected failure (a bug):\n%s", traceback.format_exc())
+            raise
+        logging.getLogger("trainrelay").error(message)
+        print(f"trainrelay: error in rule {smk.rule}: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except Exception:
-        logging.getLogger("trainrelay").error("unexpected failure (a bug):\n%s", traceback.format_exc())
-        raise

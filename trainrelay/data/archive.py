@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from trainrelay.atomic import atomic_path, write_text
+from trainrelay.data.files_source import csv_problem, describe_row
 from trainrelay.errors import DataError
 
 KLINE_COLUMNS = [
@@ -154,14 +155,40 @@ def _read_csv(zip_path: Path, columns: list[str], dtypes: dict[str, pl.DataType]
             schema_overrides=dtypes,
         )
     except (pl.exceptions.PolarsError, ValueError) as exc:
-        message = str(exc).splitlines()[0]
-        raise DataError(f"{zip_path}: cannot parse CSV ({message})") from None
+        # polars names the column but not the line; find the cell (or the line) for the user.
+        message = _locate_csv_problem(zip_path, raw, header, columns, dtypes) or str(exc).splitlines()[0]
+        raise DataError(f"{zip_path}: cannot parse CSV ({message}); delete it and re-run acquire") from None
     if header:
         frame = frame.rename({c: c.strip().lower() for c in frame.columns})
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{zip_path}: missing column(s) {', '.join(missing)}")
     return frame.select(columns)
+
+
+def _locate_csv_problem(
+    zip_path: Path, raw: bytes, header: bool, columns: list[str], dtypes: dict[str, pl.DataType]
+) -> str | None:
+    """The first ragged line or the first cell that is not of its column's type, described."""
+    ragged = csv_problem(raw, fields=None if header else len(columns))
+    if ragged:
+        return ragged
+    try:
+        text = pl.read_csv(
+            io.BytesIO(raw), has_header=header, new_columns=None if header else columns, infer_schema=False
+        )
+    except (pl.exceptions.PolarsError, ValueError):
+        return None
+    for name, dtype in dtypes.items():
+        if name not in text.columns:
+            continue
+        cells = text.get_column(name)
+        bad = cells.str.strip_chars().cast(dtype, strict=False).is_null() & cells.is_not_null()
+        if bad.any():
+            index = int(bad.arg_true()[0])
+            where = describe_row(zip_path.with_suffix(".csv"), index, header)
+            return f"column '{name}', {where} of the CSV inside: '{cells[index]}' is not a valid {dtype}"
+    return None
 
 
 def read_klines(zip_path: str | Path) -> pl.DataFrame:

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from trainrelay.atomic import write_text
-from trainrelay.data.files_source import parse_timestamps, read_table
+from trainrelay.data.files_source import describe_row, parse_timestamps, read_table
 from trainrelay.errors import DataError
 
 EVENTS_RELPATH = "events/events.csv"
@@ -62,7 +62,10 @@ def normalise_events(path: str | Path, where: str = "events.path") -> pl.DataFra
     """
     frame = read_table(path, where)
     source = f"{where} '{path}'"
-    frame = frame.rename({c: c.strip().lower() for c in frame.columns})
+    names = [c.strip().lower() for c in frame.columns]
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        raise DataError(f"{source}: column '{repeated[0]}' appears twice (names ignore case); rename one")
+    frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
     missing = [c for c in ("timestamp", "text") if c not in frame.columns]
     if missing:
         raise DataError(
@@ -71,7 +74,7 @@ def normalise_events(path: str | Path, where: str = "events.path") -> pl.DataFra
         )
     if "symbol" not in frame.columns:
         frame = frame.with_columns(pl.lit(MARKET_WIDE).alias("symbol"))
-    stamps = parse_timestamps(frame["timestamp"], f"{source} column 'timestamp'")
+    stamps = parse_timestamps(frame["timestamp"], f"{source} column 'timestamp'", path)
     out = frame.select(
         stamps.alias("timestamp"),
         pl.col("symbol").cast(pl.String).fill_null(MARKET_WIDE).str.strip_chars(),
@@ -79,5 +82,6 @@ def normalise_events(path: str | Path, where: str = "events.path") -> pl.DataFra
     )
     empty = out["text"].is_null() | (out["text"] == "")
     if empty.any():
-        raise DataError(f"{source}: empty text in row {empty.arg_true()[0] + 1}; remove the row or fill it")
+        row = describe_row(path, empty.arg_true()[0])
+        raise DataError(f"{source}: empty text in {row}; remove the row or fill it")
     return out.sort(EVENT_COLUMNS, maintain_order=True)
