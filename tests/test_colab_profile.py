@@ -72,7 +72,7 @@ def test_dry_run_with_the_profile_targets_drive(tmp_path, monkeypatch) -> None:
         workdir, "-n", "--workflow-profile", "colab", "--configfile", "config/presets/colab.yaml", str(config)
     ).stdout
     assert f"{drive}/results/tiny/metrics/forecaster.json (send to storage)" in out
-    assert f"{drive}/data/raw/synthetic/events/events.csv (send to storage)" in out
+    assert f"{drive}/data/raw/tiny/synthetic/events/events.csv (send to storage)" in out
 
 
 def test_colab_helpers_in_local_mode(tmp_path, monkeypatch) -> None:
@@ -90,6 +90,11 @@ def test_colab_helpers_in_local_mode(tmp_path, monkeypatch) -> None:
     assert merged["checkpoint"]["time_budget_minutes"] == 45 and merged["checkpoint"]["every_minutes"] == 10
     with pytest.raises(colab.NotebookError, match=r"nope\.yaml: config file not found"):
         colab.effective_config(workdir, str(tmp_path / "nope.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: tiny\nsegments: [1, 2\n")
+    with pytest.raises(colab.NotebookError, match=r"broken\.yaml:\d+:\d+: not valid YAML") as err:
+        colab.effective_config(workdir, str(broken))
+    assert "\n" not in str(err.value)
     assert yaml.safe_load(PRESET.read_text())["checkpoint"]["time_budget_minutes"] == 180
 
 

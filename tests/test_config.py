@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from tests.conftest import REPO
-from trainrelay.config import check_config_files, config_errors, load_config, read_config_file
+from trainrelay.config import config_errors, load_config
+from trainrelay.config_file import check_config_files, read_config_file
 from trainrelay.errors import ConfigError
 
 

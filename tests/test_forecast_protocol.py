@@ -145,3 +145,16 @@ def test_summary_groups_seeds_and_picks_by_validation(tmp_path, capsys) -> None:
     assert (group["val_chosen_seed"], group["val_chosen_test_mse"]) == (2, 0.380)
     assert "2 seeds" in capsys.readouterr().out
     assert summary.main([str(tmp_path / "absent.json")]) == 1
+
+
+def test_read_ett_names_the_bad_cell_and_the_unreadable_file(tmp_path: Path) -> None:
+    rows = ["date,HUFL,OT"] + [f"2016-07-01 {h:02d}:00:00,{h}.5,{h}.25" for h in range(6)]
+    rows[4] = "2016-07-01 03:00:00,3.5,n/a"
+    bad_cell = tmp_path / "ett.csv"
+    bad_cell.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"column 'OT', data row 4 \(line 5\): 'n/a' is not a number"):
+        read_ett(bad_cell)
+    not_csv = tmp_path / "binary.csv"
+    not_csv.write_bytes(b"date,OT\n\xff\xfe,1\n" * 3)
+    with pytest.raises(DataError, match=r"binary\.csv is not a readable CSV"):
+        read_ett(not_csv)

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from trainrelay.config_file import read_config_file
 from trainrelay.deep_merge import deep_merge
+from trainrelay.errors import ConfigError
 
 DRIVE_MOUNT = "/content/drive"
 DEFAULT_DRIVE_ROOT = "/content/drive/MyDrive/trainrelay"
@@ -106,7 +106,11 @@ def effective_config(workdir: str | Path, extra_config: str | None = None) -> di
         path = Path(name) if Path(name).is_absolute() else workdir / name
         if not path.is_file():
             raise NotebookError(f"{path}: config file not found; check TRAINRELAY_CONFIG")
-        deep_merge(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        try:
+            # The workflow's own reader: a syntax error or a duplicated key is one line with file:line.
+            deep_merge(merged, read_config_file(path))
+        except ConfigError as exc:
+            raise NotebookError(str(exc)) from None
     return merged
 
 

@@ -91,12 +91,18 @@ def _read_model_json(source: ModelSource, filename: str) -> dict[str, Any] | lis
         path = Path(source.location) / filename
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return json.loads(Path(hf_hub_download(source.location, filename)).read_text(encoding="utf-8"))
-    except Exception:
-        # Not a sentence-transformers repo (or offline without it cached): plain-encoder defaults.
-        return None
+    except LocalEntryNotFoundError:
+        # Offline and not cached: guessing the pooling would embed every headline differently.
+        raise DataError(
+            f"embeddings.model {source.location!r}: {filename} is not in the Hugging Face cache and the "
+            "hub cannot be reached; download the model once online, or use a local model folder"
+        ) from None
+    except EntryNotFoundError:  # after LocalEntryNotFoundError, its subclass
+        return None  # the repo has no such file: not a sentence-transformers model, plain defaults
 
 
 def sentence_head(source: ModelSource) -> SentenceHead:

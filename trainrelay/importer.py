@@ -199,7 +199,7 @@ def _check_raw_against_manifest(plan: ImportPlan, manifest_rel: str, raw_rel: st
 
     try:
         rows = pl.read_parquet(source, columns=["path", "sha256"]).rows()
-    except Exception:  # an unreadable manifest is reported by the checklist
+    except (OSError, pl.exceptions.PolarsError):  # an unreadable manifest is reported by the checklist
         return
     for declared in plan.files.get("acquire", []):
         if declared not in plan.sha256:
@@ -247,7 +247,7 @@ def plan_import(src: Path, workdir: Path, run: str, configfiles: Sequence[str] =
     results_rel, reports_rel = f"results/{run}", f"reports/{run}"
     raw = next((p for p in files.get("acquire", []) if "/raw/" in p), None)
     if raw:
-        raw_rel = "/".join(Path(raw).parts[:3])  # data/raw/<source>
+        raw_rel = "/".join(Path(raw).parts[:4])  # data/raw/<run>/<source>
         _check_raw_against_manifest(plan, f"{results_rel}/manifest/base_manifest.parquet", raw_rel)
     _validate_content(plan, results_rel, reports_rel)
     return plan

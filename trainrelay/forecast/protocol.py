@@ -63,7 +63,11 @@ def read_ett(path: str | Path) -> tuple[np.ndarray, list[str], int]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"ETT file {path} not found; pass --data with the path of ETTh1.csv or ETTm1.csv")
-    frame = pl.read_csv(path, try_parse_dates=True)
+    try:
+        frame = pl.read_csv(path, try_parse_dates=True)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path} is not a readable CSV ({first}); use the unmodified ETT file") from None
     if "date" not in frame.columns or frame.height < 3:
         raise DataError(f"{path} is not an ETT csv (needs a 'date' column and rows); use the unmodified file")
     step = frame["date"].diff().drop_nulls().median()
@@ -71,6 +75,15 @@ def read_ett(path: str | Path) -> tuple[np.ndarray, list[str], int]:
     if per_hour not in (1, 4):
         raise DataError(f"{path}: rows are {step} apart; the ETT protocol needs hourly or 15-minute rows")
     columns = [c for c in frame.columns if c != "date"]
+    for column in columns:
+        if not frame[column].dtype.is_numeric():
+            values = frame[column].cast(pl.Float64, strict=False)
+            row = (values.is_null() & frame[column].is_not_null()).arg_max()
+            row = row if row is not None else values.is_null().arg_max()
+            raise DataError(
+                f"{path}: column {column!r}, data row {row + 1} (line {row + 2}): "
+                f"{frame[column][row]!r} is not a number; use the unmodified ETT file"
+            )
     return frame.select(columns).to_numpy().astype(np.float64), columns, per_hour
 
 
