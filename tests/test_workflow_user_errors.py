@@ -4,6 +4,7 @@ half written, and the same command works once the input or the disk is fixed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -120,3 +121,25 @@ def test_a_key_given_twice_in_a_configfile_names_both_lines(workflow: Path) -> N
         "trainrelay: error: twice.yaml:4:1: not valid YAML: key 'segments' appears twice "
         "(first at line 2); keep one"
     )
+
+
+@pytest.mark.skipif(
+    shutil.which("mount") is None or os.geteuid() != 0,
+    reason="needs root for a read-only mount",
+)
+def test_read_only_results_folder_is_one_line_before_snakemake_touches_it(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir)
+    results = workdir / "results"
+    results.mkdir()
+    subprocess.run(["mount", "--bind", str(results), str(results)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(results)], check=True)
+        proc = run_snakemake(workdir, "--configfile", "test.yaml", check=False)
+        line = assert_one_line(proc)
+        assert "results" in line and "read-only file system" in line, line
+    finally:
+        subprocess.run(["umount", str(results)], check=True)
+    # Writable again: the same command starts (a dry run is enough to show it gets past the check).
+    proc = run_snakemake(workdir, "-n", "--configfile", "test.yaml")
+    assert "trainrelay: error" not in proc.stdout + proc.stderr

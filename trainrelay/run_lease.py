@@ -213,6 +213,21 @@ class LeaseHolder:
         self.path.unlink(missing_ok=True)
 
 
+def probe_writable(workdir: Path, folders: tuple[str, ...] = SWEPT_FOLDERS) -> None:
+    """Create and remove a file in each existing output folder; the OSError if one cannot be written.
+
+    Snakemake deletes a job's old outputs before running it and fails with its own traceback on a
+    read-only folder, before any rule of ours could say what is wrong; this finds it first. A real
+    write, not ``os.access``: root passes every permission check but not a read-only mount.
+    """
+    for name in folders:
+        folder = workdir / name
+        if folder.is_dir():
+            probe = folder / f".tmp-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+
+
 def take_lease(workdir: str | Path) -> str | None:
     """Recover from killed runs, then hold a lease until this process exits; return a note to print.
 
@@ -225,4 +240,5 @@ def take_lease(workdir: str | Path) -> str | None:
     workdir = Path(workdir)
     recovery = recover(workdir)
     LeaseHolder(workdir)
+    probe_writable(workdir)
     return recovery.message()
