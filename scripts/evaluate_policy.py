@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from trainrelay.policy.evaluate import evaluate_policy
+from trainrelay.policy.evaluate import evaluate_policy, trial_count
 from trainrelay.policy.inputs import rule_input_paths
 from trainrelay.rulerun import run_rule
 
@@ -18,6 +18,10 @@ def main(smk):
         ablations=ablations,
         threads=smk.threads,
         folds=folds,
+        # the bootstrap's seed and the deflated Sharpe's trial count come from the run's config, so
+        # the main policy and every ablation are judged against the same number of configurations
+        seed=int(smk.config["seed"]),
+        trials=trial_count(smk.config),
     )
 
 

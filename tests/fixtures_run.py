@@ -256,6 +256,52 @@ def _forecaster(results: Path, rng: np.random.Generator) -> None:
     torch.save({"model": model.state_dict(), "epoch": 5, "val_mse": 0.412}, checkpoint)
 
 
+def _strategy(
+    point: tuple[float | None, float, float, float, float],
+    sharpe_ci: tuple[float, float],
+    diff: tuple[float, float, float, float],
+    psr: float | None,
+    dsr: float | None = None,
+) -> dict[str, Any]:
+    """One strategy's entry of policy.json: point metrics, intervals, cost sensitivity (TEST DATA)."""
+    sharpe, max_drawdown, cumulative, turnover, hit_rate = point
+    costs = {
+        f"{m}x": {
+            "sharpe": None if sharpe is None else sharpe + (1 - m) * 0.4 * turnover / 3.4,
+            "cumulative_return": cumulative + (1 - m) * 0.017 * turnover / 3.4,
+        }
+        for m in (0, 1, 2)
+    }
+    return {
+        "sharpe": sharpe,
+        "max_drawdown": max_drawdown,
+        "cumulative_return": cumulative,
+        "turnover": turnover,
+        "hit_rate": hit_rate,
+        "sharpe_ci_low": sharpe_ci[0],
+        "sharpe_ci_high": sharpe_ci[1],
+        "sharpe_diff_vs_buy_and_hold": diff[0],
+        "sharpe_diff_ci_low": diff[1],
+        "sharpe_diff_ci_high": diff[2],
+        "sharpe_diff_p_value": diff[3],
+        "probabilistic_sharpe": psr,
+        "deflated_sharpe": dsr,
+        "cost_sensitivity": costs,
+    }
+
+
+def _widen(low: float, high: float) -> tuple[float, float]:
+    return (low, high) if low == high else (low - 2.0, high + 2.0)
+
+
+def _trivial(share_long: float) -> dict[str, Any]:
+    return {
+        "flag": False, "kind": None, "share_long": share_long, "share_short": 0.12,
+        "share_flat": round(0.88 - share_long, 6), "return_correlation_with_buy_and_hold": 0.44,
+        "threshold": 0.95, "flat_band": 0.05,
+    }  # fmt: skip
+
+
 def _policy(
     results: Path, rng: np.random.Generator, tests: list[tuple[datetime, datetime]], ablations: bool
 ) -> None:
@@ -293,60 +339,116 @@ def _policy(
     )
     _write_csv(results / "artifacts" / "loss" / "ppo.csv", ppo)
 
+    # (sharpe, max_drawdown, cumulative_return, turnover, hit_rate) and the uncertainty fields in
+    # the shape evaluate_policy writes (docs/policy.md); the flat row keeps a null Sharpe so the
+    # tables' handling of missing numbers stays exercised
     strategies = {
-        "policy": {
-            "sharpe": 1.21,
-            "max_drawdown": -0.082,
-            "cumulative_return": 0.064,
-            "turnover": 3.4,
-            "hit_rate": 0.531,
-        },
-        "buy_and_hold": {
-            "sharpe": 0.74,
-            "max_drawdown": -0.153,
-            "cumulative_return": 0.041,
-            "turnover": 0.0,
-            "hit_rate": 0.507,
-        },
-        "flat": {
-            "sharpe": None,
-            "max_drawdown": 0.0,
-            "cumulative_return": 0.0,
-            "turnover": 0.0,
-            "hit_rate": 0.0,
-        },
-        "forecast_sign": {
-            "sharpe": 0.55,
-            "max_drawdown": -0.119,
-            "cumulative_return": 0.022,
-            "turnover": 9.8,
-            "hit_rate": 0.516,
-        },
+        "policy": _strategy(
+            (1.21, -0.082, 0.064, 3.4, 0.531), (-2.9, 5.4), (0.47, -1.6, 2.5, 0.64), 0.71, 0.38
+        ),
+        "buy_and_hold": _strategy((0.74, -0.153, 0.041, 0.0, 0.507), (-3.1, 4.6), (0.0, 0.0, 0.0, 1.0), 0.62),
+        "flat": _strategy((None, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0), (-0.74, -4.6, 3.1, 0.71), None),
+        "forecast_sign": _strategy(
+            (0.55, -0.119, 0.022, 9.8, 0.516), (-3.6, 4.9), (-0.19, -2.8, 2.3, 0.88), 0.58
+        ),
     }
-    folds = [
-        {
-            "fold": 0,
-            "policy_sharpe": 1.05,
-            "buy_and_hold_sharpe": 0.61,
-            "test_start": tests[0][0].isoformat(),
-        },
-        {
-            "fold": 1,
-            "policy_sharpe": 1.37,
-            "buy_and_hold_sharpe": 0.87,
-            "test_start": tests[1][0].isoformat(),
-        },
-    ]
+    folds = []
+    for fold, (start, end) in enumerate(tests):
+        shift = 0.3 * (2 * fold - 1)  # fold 0 a little worse, fold 1 a little better than the pool
+        folds.append(
+            {
+                "fold": fold,
+                "start": start.isoformat().replace("+00:00", "Z"),
+                "end": end.isoformat().replace("+00:00", "Z"),
+                "policy_train_end": (start - 17 * BAR).isoformat().replace("+00:00", "Z"),
+                "policy_timesteps": 65536,
+                "test_days": (end - start) / timedelta(days=1),
+                "trivial_policy": _trivial(0.61),
+                "strategies": {
+                    name: _strategy(
+                        (
+                            None if m["sharpe"] is None else m["sharpe"] + shift,
+                            m["max_drawdown"],
+                            m["cumulative_return"] / 2,
+                            m["turnover"],
+                            m["hit_rate"],
+                        ),
+                        # one fold is half the data: wider intervals, except where there is no spread
+                        _widen(m["sharpe_ci_low"], m["sharpe_ci_high"]),
+                        (
+                            m["sharpe_diff_vs_buy_and_hold"],
+                            *_widen(m["sharpe_diff_ci_low"], m["sharpe_diff_ci_high"]),
+                            m["sharpe_diff_p_value"],
+                        ),
+                        m["probabilistic_sharpe"],
+                        m["deflated_sharpe"],
+                    )
+                    for name, m in strategies.items()
+                },
+            }
+        )
+    days = sum((end - start) / timedelta(days=1) for start, end in tests)
     payload: dict[str, Any] = {
         "strategies": strategies,
         "folds": folds,
-        "verdict": "policy beats buy_and_hold on Sharpe in 2 of 2 folds",
+        "significance": {
+            "confidence": 0.95,
+            "bootstrap": {
+                "method": "stationary bootstrap (Politis & Romano 1994), arch.bootstrap.StationaryBootstrap",
+                "interval": "percentile",
+                "p_value": "two-sided: 2 x share of paired resampled Sharpe differences on the far side "
+                "of zero (ties on both sides, +1 corrected)",
+                "replications": 2000,
+                "seed": 7,
+                "mean_block_bars": 96.0,
+                "bars_per_day": 96.0,
+            },
+            "test_bars": round(days * 96),
+            "test_days": days,
+            "blocks": days,
+            "min_test_days": 30.0,
+            "too_short": days < 30.0,
+            "deflated_sharpe": {
+                "dsr": 0.38,
+                "n_trials": 3,
+                "sharpe_per_bar": 0.0065,
+                "expected_max_sharpe_per_bar": 0.032,
+                "expected_max_sharpe": 5.99,
+                "sharpe_variance_per_bar": 0.00087,
+                "sharpe_variance_source": "null: 1/(T-1)",
+                "skewness": -0.21,
+                "kurtosis": 5.3,
+                "n_obs": 1152,
+            },
+            "trivial_policy": _trivial(0.61),
+            "cost_multiples": [0.0, 1.0, 2.0],
+            "trials": {
+                "count": 3,
+                "parts": {"configuration": 1, "ablations": 2, "tuning_trials": 0, "presets_compared": 0},
+                "source": "config: 1 configuration + policy.ablations (2) + tune trials (tune off: 0) "
+                "+ presets compared (0)",
+            },
+        },
+        "observation": {"forecasts": True, "text": True},
+        "trading_cost": 0.0004,
+        "bars_per_year": 35064.0,
     }
+    from trainrelay.policy.evaluate import verdict
+
+    payload["verdict"] = verdict(payload)  # the sentence evaluate_policy builds from these numbers
     if ablations:
         payload["ablations"] = {
-            "no_forecast": {"sharpe": 0.62, "cumulative_return": 0.018},
-            "no_text": {"sharpe": 1.12, "cumulative_return": 0.059},
-        }
+            "no_forecast": {
+                "observation": {"forecasts": False, "text": True}, "folds": [0, 1],
+                **_strategy((0.62, -0.11, 0.018, 2.1, 0.52), (-3.4, 4.7), (-0.12, -2.4, 2.2, 0.91), 0.6, 0.2),
+                "trivial_policy": False,
+            },
+            "no_text": {
+                "observation": {"forecasts": True, "text": False}, "folds": [0, 1],
+                **_strategy((1.12, -0.09, 0.059, 3.0, 0.53), (-3.0, 5.2), (0.38, -1.7, 2.4, 0.7), 0.69, 0.35),
+                "trivial_policy": False,
+            },
+        }  # fmt: skip
     write_json(results / "metrics" / "policy.json", payload)
 
     frames = []

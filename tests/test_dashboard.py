@@ -48,6 +48,16 @@ def test_state_and_run_history(results: Path, tmp_path: Path) -> None:
         "policy": "ort_cpu · cpu · fp32 · batch 1",
     }
     assert current["metrics"]["forecaster"]["patchtst"]["test_mse"] == 0.437
+    # the policy's intervals and the facts behind its verdict reach the page
+    policy = current["metrics"]["policy"]["policy"]
+    assert (policy["sharpe_ci_low"], policy["sharpe_ci_high"], policy["sharpe_diff_p_value"]) == (
+        -2.9,
+        5.4,
+        0.64,
+    )
+    assert current["metrics"]["significance"]["too_short"] is True
+    assert current["metrics"]["significance"]["trials"]["count"] == 3
+    assert current["metrics"]["verdict"].startswith("Too short to tell")
     assert current["losses"]["forecaster"]["epoch"] == [1, 2, 3, 4, 5, 6]
     assert len(current["losses"]["ppo"]["episode_reward"]) == 10
     # a run shown without persisting joins the list but leaves no snapshot behind
@@ -123,6 +133,8 @@ def test_page_renders_in_headless_chromium(results: Path, tmp_path: Path) -> Non
     assert "train_forecaster: done" in dom and "report: missing" in dom
     assert "ort_cpu · cpu · fp32 · batch 32" in dom  # the forecaster's chosen engine
     assert ">0.437<" in dom and ">1.21<" in dom  # patchtst test MSE, policy Sharpe
+    assert 'id="policy-intervals"' in dom and ">-2.9 to 5.4<" in dom and ">-1.6 to 2.5<" in dom
+    assert "too short to tell" in dom and "3 configuration(s) tried" in dom
     assert "TensorRT is not installed" in dom
     assert dom.count("<polyline") >= 4  # forecaster train/val loss, PPO reward, PPO losses
     assert 'data-run-id="local_run_000"' in older and "run local_run_000 (fixture)" in older

@@ -1,4 +1,5 @@
-"""Walk-forward evaluation: metric values, strategy arithmetic, file shapes, verdict and ablation merge."""
+"""Walk-forward evaluation: metric values, strategy arithmetic, file shapes, intervals, verdict and
+ablation merge."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from trainrelay.atomic import write_json
 from trainrelay.errors import DataError
 from trainrelay.policy import strategies
 from trainrelay.policy.env import TradingEnv
-from trainrelay.policy.evaluate import backtest, evaluate_policy, merge_ablations, verdict
+from trainrelay.policy.evaluate import (
+    backtest,
+    evaluate_policy,
+    merge_ablations,
+    trial_count,
+    trivial_policy,
+    verdict,
+)
 from trainrelay.policy.inputs import load_inputs
 from trainrelay.policy.metrics import bars_per_year, max_drawdown, sharpe, summarise
 from trainrelay.policy.model import load_policy
@@ -22,7 +30,13 @@ from trainrelay.policy.observations import ObservationSpec, build_series
 from trainrelay.policy.train import train_policy
 
 STRATS = ["buy_and_hold", "flat", "forecast_sign", "policy"]
-KEYS = ["cumulative_return", "hit_rate", "max_drawdown", "sharpe", "turnover"]
+KEYS = sorted(
+    [
+        "cumulative_return", "hit_rate", "max_drawdown", "sharpe", "turnover", "sharpe_ci_low",
+        "sharpe_ci_high", "sharpe_diff_vs_buy_and_hold", "sharpe_diff_ci_low", "sharpe_diff_ci_high",
+        "sharpe_diff_p_value", "probabilistic_sharpe", "deflated_sharpe", "cost_sensitivity",
+    ]
+)  # fmt: skip
 
 
 def test_metric_values():
@@ -113,7 +127,20 @@ def test_evaluate_writes_metrics_and_equity_curves(trained):
             "turnover": 0.1,
         }
     }
-    assert on_disk["verdict"].startswith("The policy ") and on_disk["verdict"].endswith(".")
+    # 184 test bars of 15 minutes: far below the 30 days a verdict needs
+    assert on_disk["verdict"].startswith("Too short to tell: the walk-forward test covers 1.9 days")
+    assert "Deflated Sharpe ratio" in on_disk["verdict"] and "2 configurations tried" in on_disk["verdict"]
+    significance = on_disk["significance"]
+    assert significance["too_short"] and significance["test_bars"] == 87 + 95
+    assert significance["trials"] == {
+        "count": 2,
+        "parts": {"configuration": 1, "ablations": 1},
+        "source": "given ablations",
+    }
+    assert significance["bootstrap"]["replications"] == 2000 and significance["bootstrap"]["seed"] == 0
+    # a day of 15-minute bars is 96, capped at a tenth of the 182 pooled bars
+    assert significance["bootstrap"]["mean_block_bars"] == pytest.approx(18.2)
+    assert significance["deflated_sharpe"]["n_trials"] == 2
     flat = on_disk["strategies"]["flat"]
     assert (flat["cumulative_return"], flat["sharpe"], flat["turnover"], flat["hit_rate"]) == (
         0.0,
@@ -121,6 +148,31 @@ def test_evaluate_writes_metrics_and_equity_curves(trained):
         0.0,
         None,
     )
+    assert (flat["sharpe_ci_low"], flat["sharpe_ci_high"], flat["probabilistic_sharpe"]) == (0.0, 0.0, None)
+    for fold in on_disk["folds"]:
+        assert all(sorted(m) == KEYS for m in fold["strategies"].values())
+        assert fold["trivial_policy"]["threshold"] == 0.95
+    for scope in [on_disk["strategies"], *(f["strategies"] for f in on_disk["folds"])]:
+        hold = scope["buy_and_hold"]
+        assert hold["sharpe_diff_vs_buy_and_hold"] == 0.0 and hold["sharpe_diff_p_value"] == 1.0
+        # paired: buy-and-hold minus itself is 0 in every replication, so its interval is a point
+        assert hold["sharpe_diff_ci_low"] == hold["sharpe_diff_ci_high"] == 0.0
+        assert scope["policy"]["deflated_sharpe"] is not None and hold["deflated_sharpe"] is None
+        for metrics in scope.values():
+            assert metrics["sharpe_ci_low"] <= metrics["sharpe_ci_high"]
+            assert metrics["sharpe_diff_ci_low"] <= metrics["sharpe_diff_ci_high"]
+            assert 0.0 < metrics["sharpe_diff_p_value"] <= 1.0
+            costs = metrics["cost_sensitivity"]
+            assert costs["1x"] == {
+                "sharpe": metrics["sharpe"],
+                "cumulative_return": metrics["cumulative_return"],
+            }
+            # trading costs only take away: 0x >= 1x >= 2x for every strategy, pooled and per fold
+            assert costs["0x"]["cumulative_return"] >= costs["1x"]["cumulative_return"]
+            assert costs["1x"]["cumulative_return"] >= costs["2x"]["cumulative_return"]
+    # buy-and-hold pays its entry once per fold and symbol, so 2x cost is strictly worse
+    bh_costs = on_disk["strategies"]["buy_and_hold"]["cost_sensitivity"]
+    assert bh_costs["0x"]["cumulative_return"] > bh_costs["2x"]["cumulative_return"]
 
     eq = pl.read_parquet(root / "equity.parquet")
     assert eq.columns == ["fold", "timestamp", "strategy", "equity"]
@@ -179,20 +231,95 @@ def test_backtest_positions_equal_the_env_rollout(trained):
     assert len(rolled) == hi - lo and hi < N_BARS
 
 
-def test_verdict_sentences():
-    def strats(p, b, f):
-        return {"policy": {"sharpe": p}, "buy_and_hold": {"sharpe": b}, "forecast_sign": {"sharpe": f}}
+def _result(diff, low, high, p=0.5, days=60.0, dsr=0.4, trials=3, trivial=None):
+    """A policy.json-shaped dict with the numbers the verdict reads."""
+    costs = {"0x": {"sharpe": 1.5}, "1x": {"sharpe": 1.0}, "2x": {"sharpe": 0.5}}
+    policy = {
+        "sharpe": 1.0, "sharpe_ci_low": -0.5, "sharpe_ci_high": 2.5, "sharpe_diff_vs_buy_and_hold": diff,
+        "sharpe_diff_ci_low": low, "sharpe_diff_ci_high": high, "sharpe_diff_p_value": p,
+        "cost_sensitivity": costs,
+    }  # fmt: skip
+    hold = {"sharpe": 1.0 - diff, "sharpe_ci_low": -1.0, "sharpe_ci_high": 2.0}
+    flag = trivial or {"flag": False, "kind": None}
+    return {
+        "strategies": {"policy": policy, "buy_and_hold": hold},
+        "significance": {
+            "too_short": days < 30, "test_days": days, "min_test_days": 30.0, "trivial_policy": flag,
+            "deflated_sharpe": {"dsr": dsr, "n_trials": trials},
+        },
+    }  # fmt: skip
 
-    assert verdict(strats(2.0, 1.0, 0.5)).startswith(
-        "The policy beat both buy-and-hold and the forecast-sign rule"
+
+def test_verdict_sentences_come_from_the_intervals():
+    same = verdict(_result(-0.4, -1.9, 1.1, p=0.62))
+    assert same.startswith(
+        "The policy is not distinguishable from buy-and-hold on Sharpe "
+        "(difference -0.40, 95 % CI -1.90 to 1.10, p = 0.62)."
     )
-    assert verdict(strats(0.1, 1.0, 0.5)).startswith(
-        "The policy did not beat buy-and-hold or the forecast-sign"
+    assert "Sharpe: policy 1.00 (95 % CI -0.50 to 2.50), buy-and-hold 1.40 (95 % CI -1.00 to 2.00)." in same
+    assert (
+        "Deflated Sharpe ratio 0.40 for 3 configurations tried: not significant at 95 % after selection."
+        in same
     )
-    assert verdict(strats(0.7, 1.0, 0.5)).startswith(
-        "The policy beat the forecast-sign rule but not buy-and-hold"
+    assert same.endswith("At 0x / 2x the trading cost the policy's Sharpe would be 1.50 / 0.50.")
+    assert verdict(_result(0.8, 0.2, 1.4, p=0.01, dsr=0.97)).startswith(
+        "The policy beat buy-and-hold on Sharpe (difference +0.80, 95 % CI 0.20 to 1.40, p = 0.01)."
     )
-    assert "(test Sharpe 0.70 vs buy-and-hold 1.00 and forecast-sign 0.50)" in verdict(strats(0.7, 1.0, 0.5))
+    assert "0.97 for 3 configurations tried: significant" in verdict(_result(0.8, 0.2, 1.4, dsr=0.97))
+    assert verdict(_result(-2.0, -3.0, -1.0, p=0.002)).startswith(
+        "The policy trailed buy-and-hold on Sharpe (difference -2.00, 95 % CI -3.00 to -1.00, p = 0.002)."
+    )
+    # the demo's ~12 days: whatever the interval says, the sentence says it is too short to tell
+    short = verdict(_result(0.8, 0.2, 1.4, p=0.01, days=11.8, trials=1))
+    assert short.startswith(
+        "Too short to tell: the walk-forward test covers 11.8 days, fewer than the 30 a verdict needs "
+        "(Sharpe difference to buy-and-hold +0.80, 95 % CI 0.20 to 1.40, p = 0.01)."
+    )
+    assert "for 1 configuration tried" in short and "beat" not in short
+    disguised = {"flag": True, "kind": "always_long", "share_long": 0.98}
+    assert "The policy is buy-and-hold in disguise: long on 98% of symbol-bars." in verdict(
+        _result(0.0, -1.0, 1.0, trivial=disguised)
+    )
+    assert "undefined" in verdict(_result(0.0, -1.0, 1.0, dsr=None))
+
+
+def test_trivial_policy_flag():
+    rng = np.random.default_rng(0)
+    hold = rng.normal(0, 0.01, 200)
+    mixed = trivial_policy([np.tile([1.0, -1.0, 0.0, 0.5], 50)], rng.normal(0, 0.01, 200), hold)
+    assert not mixed["flag"] and mixed["kind"] is None
+    assert mixed["share_long"] == 0.5 and mixed["share_short"] == 0.25 and mixed["share_flat"] == 0.25
+    # long on 96 % of bars (even at a small size): buy-and-hold in disguise
+    mostly_long = np.where(np.arange(200) < 192, 0.3, 0.0)
+    assert trivial_policy([mostly_long], hold * 0.3, hold)["kind"] == "always_long"
+    flat = trivial_policy([np.zeros(200)], np.zeros(200), hold)
+    assert (flat["flag"], flat["kind"], flat["share_flat"]) == (True, "always_flat", 1.0)
+    # correlation with a constant is undefined: recorded as None, never as a number
+    assert flat["return_correlation_with_buy_and_hold"] is None
+    # positions that look mixed, returns that are buy-and-hold's: flagged by the return correlation
+    switching = np.tile([1.0, 0.0], 100)
+    flag = trivial_policy([switching], hold + 1e-4 * rng.normal(size=200), hold)
+    assert flag["kind"] == "tracks_buy_and_hold" and flag["return_correlation_with_buy_and_hold"] > 0.95
+    # long on every other bar only: correlation ~0.7, not flagged
+    assert not trivial_policy([switching], hold * switching, hold)["flag"]
+
+
+def test_trial_count_from_the_config():
+    demo = {"policy": {"ablations": ["no_forecast", "no_text"]}, "tune": {"enabled": False}}
+    assert trial_count(demo)["count"] == 3
+    tuned = {
+        "policy": {"ablations": ["no_text"]},
+        "tune": {"enabled": True, "population_size": 6, "generations": 3},
+    }
+    counted = trial_count(tuned, presets_compared=2)
+    assert counted["count"] == 1 + 1 + 18 + 2
+    assert counted["parts"] == {
+        "configuration": 1,
+        "ablations": 1,
+        "tuning_trials": 18,
+        "presets_compared": 2,
+    }
+    assert "population_size x generations: 18" in counted["source"]
 
 
 def test_bad_ablation_file_is_a_data_error(tmp_path):
@@ -219,4 +346,19 @@ def test_evaluating_only_the_last_fold(trained, tmp_path):
     full = evaluate_policy(_policies(root), paths, tmp_path / "all.json")
     last = evaluate_policy({1: _policies(root)[1]}, paths, tmp_path / "last.json", folds=[1])
     assert [f["fold"] for f in last["folds"]] == [1]
-    assert last["strategies"]["policy"] == pytest.approx(full["folds"][1]["strategies"]["policy"])
+    # the point metrics are the fold's; the intervals are resampled with another seed stream
+    mine, theirs = last["strategies"]["policy"], full["folds"][1]["strategies"]["policy"]
+    for key in ("sharpe", "cumulative_return", "max_drawdown", "turnover", "hit_rate"):
+        assert mine[key] == pytest.approx(theirs[key])
+    for multiple in ("0x", "1x", "2x"):
+        assert mine["cost_sensitivity"][multiple] == pytest.approx(theirs["cost_sensitivity"][multiple])
+
+
+def test_policy_json_is_deterministic(trained, tmp_path):
+    """A fixed seed: the bootstrap intervals, and so the whole file, repeat byte for byte."""
+    root, paths = trained
+    evaluate_policy(_policies(root), paths, tmp_path / "a.json", seed=7)
+    evaluate_policy(_policies(root), paths, tmp_path / "b.json", seed=7)
+    evaluate_policy(_policies(root), paths, tmp_path / "c.json", seed=8)
+    a, b, c = ((tmp_path / f"{n}.json").read_bytes() for n in "abc")
+    assert a == b and a != c

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -67,6 +68,22 @@ def test_report_json_holds_the_numbers(built: tuple[Path, dict[str, Path]]) -> N
     assert not trt["meets_all"] and "TensorRT is not installed" in " ".join(trt["notes"])
     assert any("TensorRT is not installed" in line for line in report["recommendations"])
     assert report["policy"]["ablations"]["no_text"]["sharpe"] == 1.12
+    # every strategy row carries its interval, the paired difference to buy-and-hold and costs
+    policy = report["policy"]["table"][0]
+    assert policy["strategy"] == "policy"
+    assert (policy["sharpe_ci_low"], policy["sharpe_ci_high"]) == (-2.9, 5.4)
+    assert (policy["sharpe_diff_ci_low"], policy["sharpe_diff_ci_high"], policy["sharpe_diff_p_value"]) == (
+        -1.6,
+        2.5,
+        0.64,
+    )
+    assert policy["deflated_sharpe"] == 0.38 and policy["sharpe_cost_1x"] == policy["sharpe"]
+    assert policy["cumulative_return_cost_0x"] >= policy["cumulative_return_cost_2x"]
+    # the fixture's pooled test (two ~5-day blocks) is too short: the verdict and advice say so
+    assert report["policy"]["verdict"].startswith("Too short to tell: the walk-forward test covers 10.6 days")
+    assert any("too short to tell (difference +0.47, 95 % CI -1.60 to 2.50)" in line
+               for line in report["recommendations"])  # fmt: skip
+    assert not any("beats buy-and-hold" in line for line in report["recommendations"])
     assert set(report["sources"]) >= {"benchmark/metrics.parquet", "metrics/policy.json"}
 
 
@@ -78,6 +95,11 @@ def test_html_has_both_views_and_real_charts(built: tuple[Path, dict[str, Path]]
     assert "ort_cpu · cpu · fp32 · batch 32" in html
     assert "-28.6 %" in html  # patchtst test MSE vs naive
     assert "CUDA is not available" in html
+    # the intervals are on the page (the PDF renders this same HTML)
+    assert 'policy Sharpe (95 % CI)</th><td class="num">1.21 (-2.9 to 5.4) vs buy-and-hold 0.74' in html
+    assert 'id="policy-intervals"' in html and 'id="policy-costs"' in html and 'id="policy-folds"' in html
+    assert '<td>policy</td><td class="num">1.21</td><td class="num">-2.9 to 5.4</td>' in html
+    assert "Too short to tell: the walk-forward test covers 10.6 days" in html
     charts = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(charts) >= 6  # losses, PPO, MSE bars, equity, latency per model
     for chart in charts:
@@ -94,6 +116,10 @@ def test_metrics_csv_and_pdf(built: tuple[Path, dict[str, Path]]) -> None:
         (pl.col("section") == "forecast") & (pl.col("subject") == "naive") & (pl.col("metric") == "test_mse")
     )
     assert row["value"].to_list() == ["0.612"]
+    interval = frame.filter((pl.col("section") == "policy") & (pl.col("subject") == "policy"))
+    values = dict(zip(interval["metric"].to_list(), interval["value"].to_list(), strict=True))
+    assert values["sharpe_ci_low"] == "-2.9" and values["sharpe_diff_p_value"] == "0.64"
+    assert "sharpe_cost_2x" in values and "cumulative_return_cost_0x" in values
     speed = frame.filter(
         (pl.col("section") == "delta_vs_baseline")
         & (pl.col("subject") == "policy/ort_cpu/cpu/fp32/batch1")
@@ -151,7 +177,31 @@ def test_optional_inputs_are_shown_as_not_run(tmp_path: Path) -> None:
     assert any(line.startswith("Ablations were not run") for line in report["recommendations"])
 
 
-def test_git_commit_outside_a_repo_is_unknown(tmp_path: Path) -> None:
-    assert current_git_commit(tmp_path) == "unknown"
-    commit = current_git_commit(Path(__file__).parent)
-    assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{40}", commit)
+def test_git_commit_is_head_inside_a_repo_and_unknown_outside(tmp_path: Path, monkeypatch) -> None:
+    # git must not find a repository above tmp_path (the "outside" case must be outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert current_git_commit(outside) == "unknown"
+
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q", "-b", "main")
+    for text in ["one", "two"]:  # two commits: HEAD, not the first one
+        (repo / "sub" / "file.txt").write_text(text)
+        git("add", ".")
+        git("commit", "-q", "-m", text)
+    # HEAD's hash read from the repository's files, not through `git rev-parse`
+    head = (repo / ".git" / "refs" / "heads" / "main").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    assert current_git_commit(repo) == head
+    assert current_git_commit(repo / "sub") == head  # from inside the work tree too

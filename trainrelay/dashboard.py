@@ -133,6 +133,8 @@ def build_snapshot(
             "forecaster": (forecaster or {}).get("models"),
             "policy": (policy or {}).get("strategies"),
             "verdict": (policy or {}).get("verdict"),
+            # test length, trials, deflated Sharpe and the trivial-policy flag behind the verdict
+            "significance": (policy or {}).get("significance"),
         },
         "engines": engines,
         "benchmark": bench_rows,

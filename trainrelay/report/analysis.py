@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from trainrelay.report.inputs import FORECAST_METRICS, POLICY_METRICS, RunInputs
+from trainrelay.report.inputs import FORECAST_METRICS, POLICY_INTERVALS, POLICY_METRICS, RunInputs
 from trainrelay.report.values import finite, records
 
 ENGINE_KEYS = ("model", "engine", "device", "precision", "batch")
@@ -78,12 +78,55 @@ def forecast_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def policy_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per strategy: point metrics, intervals and the Sharpe/return at each cost multiple.
+
+    Flat (``sharpe_cost_0x``, ``cumulative_return_cost_2x``, ...) so metrics.csv and the tables get
+    one scalar per cell; fields a policy.json lacks (written before the intervals) are None.
+    """
     strategies = metrics["strategies"]
     order = {"policy": 0, "buy_and_hold": 1, "forecast_sign": 2, "flat": 3}
-    return [
-        {"strategy": name, **{key: strategies[name].get(key) for key in POLICY_METRICS}}
-        for name in sorted(strategies, key=lambda n: (order.get(n, 9), n))
-    ]
+    rows = []
+    for name in sorted(strategies, key=lambda n: (order.get(n, 9), n)):
+        values = strategies[name]
+        row: dict[str, Any] = {"strategy": name, **{key: values.get(key) for key in POLICY_METRICS}}
+        row.update({key: values.get(key) for key in POLICY_INTERVALS})
+        for multiple, point in sorted((values.get("cost_sensitivity") or {}).items()):
+            row[f"sharpe_cost_{multiple}"] = point.get("sharpe")
+            row[f"cumulative_return_cost_{multiple}"] = point.get("cumulative_return")
+        rows.append(row)
+    return rows
+
+
+def policy_significance(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The facts behind the verdict (test length, trials, DSR, trivial-policy flag, bootstrap), or
+    None for a policy.json written before the intervals."""
+    facts = metrics.get("significance")
+    if not isinstance(facts, dict):
+        return None
+    deflated = facts.get("deflated_sharpe") or {}
+    trials = facts.get("trials") or {}
+    trivial = facts.get("trivial_policy") or {}
+    boot = facts.get("bootstrap") or {}
+    return {
+        "confidence": facts.get("confidence"),
+        "test_days": facts.get("test_days"),
+        "min_test_days": facts.get("min_test_days"),
+        "too_short": facts.get("too_short"),
+        "trials": trials.get("count"),
+        "trials_source": trials.get("source"),
+        "deflated_sharpe": deflated.get("dsr"),
+        "expected_max_sharpe": deflated.get("expected_max_sharpe"),
+        "skewness": deflated.get("skewness"),
+        "kurtosis": deflated.get("kurtosis"),
+        "trivial": trivial.get("flag"),
+        "trivial_kind": trivial.get("kind"),
+        "share_long": trivial.get("share_long"),
+        "share_flat": trivial.get("share_flat"),
+        "return_correlation_with_buy_and_hold": trivial.get("return_correlation_with_buy_and_hold"),
+        "replications": boot.get("replications"),
+        "mean_block_bars": boot.get("mean_block_bars"),
+        "seed": boot.get("seed"),
+    }
 
 
 def _norm(text: Any) -> str:
@@ -247,19 +290,7 @@ def recommendations(
                 f"The {best['model']} forecaster improves test MSE by "
                 f"{-best['test_mse_vs_naive_pct']:.1f} % over naive."
             )
-    by_name = {row["strategy"]: row for row in policy}
-    mine, hold = by_name["policy"]["sharpe"], by_name["buy_and_hold"]["sharpe"]
-    if finite(mine) and finite(hold):
-        if mine <= hold:
-            out.append(
-                f"The policy's Sharpe ({mine:.2f}) does not beat buy-and-hold ({hold:.2f}) "
-                "on the walk-forward "
-                "test: keep it in paper trading."
-            )
-        else:
-            out.append(
-                f"The policy's Sharpe ({mine:.2f}) beats buy-and-hold ({hold:.2f}) on the walk-forward test."
-            )
+    out += _policy_recommendations(inputs.policy_metrics, policy)
     for model in ("forecaster", "policy"):
         if inputs.onnx_parity[model].get("passed") is not True:
             out.append(
@@ -276,5 +307,52 @@ def recommendations(
     if inputs.policy_metrics.get("ablations") is None:
         out.append(
             "Ablations were not run; enable them to see what the forecast and text features contribute."
+        )
+    return out
+
+
+def _policy_recommendations(metrics: dict[str, Any], policy: list[dict[str, Any]]) -> list[str]:
+    """What to do with the policy, from its intervals (never from a bare Sharpe comparison)."""
+    by_name = {row["strategy"]: row for row in policy}
+    mine, hold = by_name["policy"], by_name["buy_and_hold"]
+    facts = policy_significance(metrics)
+    if facts is None or not finite(mine.get("sharpe_diff_ci_low")):
+        if finite(mine["sharpe"]) and finite(hold["sharpe"]):
+            return [
+                f"The policy's Sharpe ({mine['sharpe']:.2f}) vs buy-and-hold ({hold['sharpe']:.2f}) has no "
+                "interval in this policy.json: rerun evaluate_policy before judging it; keep it in paper "
+                "trading."
+            ]
+        return []
+    out = []
+    low, high = mine["sharpe_diff_ci_low"], mine["sharpe_diff_ci_high"]
+    interval = f"difference {mine['sharpe_diff_vs_buy_and_hold']:+.2f}, 95 % CI {low:.2f} to {high:.2f}"
+    dsr = facts["deflated_sharpe"]
+    if facts["trivial"]:
+        kind = str(facts["trivial_kind"]).replace("_", " ")
+        out.append(f"The policy is a trivial strategy in disguise ({kind}): run that strategy instead.")
+    if facts["too_short"]:
+        out.append(
+            f"The walk-forward test covers {facts['test_days']:.1f} days, fewer than the "
+            f"{facts['min_test_days']:.0f} a verdict needs: too short to tell ({interval}); add data "
+            "(more test blocks follow automatically) and keep the policy in paper trading."
+        )
+    elif low > 0 and finite(dsr) and dsr >= 0.95:
+        out.append(
+            f"The policy beats buy-and-hold on Sharpe ({interval}) and its deflated Sharpe ratio "
+            f"{dsr:.2f} survives the {facts['trials']} configurations tried."
+        )
+    elif low > 0:
+        shown = f"{dsr:.2f}" if finite(dsr) else "undefined"
+        out.append(
+            f"The policy beats buy-and-hold on Sharpe ({interval}) but its deflated Sharpe ratio ({shown}) "
+            f"does not survive the {facts['trials']} configurations tried: keep it in paper trading."
+        )
+    elif high < 0:
+        out.append(f"The policy trails buy-and-hold on Sharpe ({interval}): do not deploy it.")
+    else:
+        out.append(
+            f"The policy is not distinguishable from buy-and-hold on Sharpe ({interval}): keep it in "
+            "paper trading."
         )
     return out

@@ -111,6 +111,7 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
             "verdict": inputs.policy_metrics.get("verdict"),
             "folds": inputs.policy_metrics.get("folds") or [],
             "ablations": inputs.policy_metrics.get("ablations"),
+            "significance": analysis.policy_significance(inputs.policy_metrics),
         },
         "onnx_parity": inputs.onnx_parity,
         "benchmark": {

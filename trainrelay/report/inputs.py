@@ -24,6 +24,13 @@ BENCHMARK_COLUMNS = (
 )  # fmt: skip
 FORECAST_METRICS = ("val_mse", "val_mae", "test_mse", "test_mae")
 POLICY_METRICS = ("sharpe", "max_drawdown", "cumulative_return", "turnover", "hit_rate")
+# The uncertainty evaluate_policy adds to every strategy (docs/policy.md, "How the verdict is
+# computed"). Shown when present; not required, so a policy.json written before them still loads
+# (and deflated_sharpe is null for the baselines by design).
+POLICY_INTERVALS = (
+    "sharpe_ci_low", "sharpe_ci_high", "sharpe_diff_vs_buy_and_hold", "sharpe_diff_ci_low",
+    "sharpe_diff_ci_high", "sharpe_diff_p_value", "probabilistic_sharpe", "deflated_sharpe",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
