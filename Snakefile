@@ -4,18 +4,6 @@ Run `snakemake -n` to see what would run; `make demo` runs the embedded demo.
 """
 
 
-import sys
-
-from trainrelay.run_lease import take_lease
-
-# A run killed with SIGKILL leaves Snakemake's locks behind; the same command must still resume.
-# trainrelay/run_lease.py clears them only when no run that could own them is alive.
-if workflow.is_main_process:
-    _lease_note = take_lease(".")
-    if _lease_note:
-        print(_lease_note, file=sys.stderr)
-
-
 report: "docs/snakemake-report/workflow.rst"
 
 
@@ -28,6 +16,43 @@ include: "rules/policy.smk"
 include: "rules/engines.smk"
 include: "rules/package.smk"
 include: "rules/report.smk"
+
+
+import sys
+
+from trainrelay.errors import describe_environment_error
+from trainrelay.run_lease import take_lease
+
+# A run killed with SIGKILL leaves Snakemake's locks behind; the same command must still resume.
+# trainrelay/run_lease.py clears them only when no run that could own them is alive.
+if workflow.is_main_process:
+    try:
+        _lease_note = take_lease(".")
+    # A read-only or full working folder is the user's machine, not a bug: one line.
+    except OSError as _exc:
+        sys.exit(f"trainrelay: error: {describe_environment_error(_exc) or _exc}")
+    if _lease_note:
+        print(_lease_note, file=sys.stderr)
+
+
+# checkpoint.time_budget_minutes is one deadline for this whole invocation: fixed here, at parse time,
+# and passed to every job (subprocesses and cluster jobs inherit the environment) in
+# TRAINRELAY_DEADLINE, so the forecaster, folds and ablations share it instead of each getting all
+# of it. Not a param: the budget is not part of what a run computes, so changing it reruns nothing.
+from trainrelay.checkpointing import start_session
+from trainrelay.errors import TrainrelayError
+
+try:
+    _session_note = start_session(
+        config["checkpoint"]["time_budget_minutes"],
+        main_process=workflow.is_main_process,
+    )
+except (
+    TrainrelayError
+) as exc:  # a malformed TRAINRELAY_DEADLINE: one line, not a traceback
+    sys.exit(f"trainrelay: error: {exc}")
+if _session_note:
+    print(_session_note, file=sys.stderr)
 
 
 rule all:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
 
 import pytest
@@ -56,7 +58,36 @@ def test_absent_engines_carry_a_one_line_reason(env_auto: dict) -> None:
     except ModuleNotFoundError:
         assert env_auto["tensorrt"] == {"version": None, "reason": "python package 'tensorrt' not installed"}
     nvml = env_auto["nvml"]
-    assert (nvml["available"] and nvml["reason"] is None) or (not nvml["available"] and nvml["reason"])
+    # What NVML must report here, decided without trainrelay (and without pynvml for the driver):
+    # pynvml must be importable, and the NVIDIA driver's libnvidia-ml must load and initialise.
+    pynvml_installed = importlib.util.find_spec("pynvml") is not None
+    driver_works, driver_version = _nvml_from_the_driver()
+    if pynvml_installed and driver_works:
+        assert nvml == {"available": True, "driver_version": driver_version, "reason": None}
+    else:
+        assert nvml["available"] is False and nvml["driver_version"] is None
+        assert nvml["reason"] and "\n" not in nvml["reason"]
+        if not pynvml_installed:
+            assert nvml["reason"] == "python module 'pynvml' not installed (pip package nvidia-ml-py)"
+        else:
+            assert nvml["reason"].startswith("nvmlInit failed: ")
+
+
+def _nvml_from_the_driver() -> tuple[bool, str | None]:
+    """(NVML initialises, driver version) asked of libnvidia-ml itself through ctypes."""
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False, None
+    if lib.nvmlInit_v2() != 0:  # NVML_SUCCESS is 0
+        return False, None
+    try:
+        buffer = ctypes.create_string_buffer(96)
+        if lib.nvmlSystemGetDriverVersion(buffer, ctypes.c_uint(96)) != 0:
+            return True, None
+        return True, buffer.value.decode()
+    finally:
+        lib.nvmlShutdown()
 
 
 def test_write_environment_is_deterministic_json(tmp_path) -> None:

@@ -18,6 +18,7 @@ import torch
 from stable_baselines3 import PPO
 
 from tests.test_policy_data import policy_config, write_inputs
+from trainrelay.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.policy.model import load_policy, read_meta
 from trainrelay.policy.train import (
@@ -98,15 +99,55 @@ def test_total_timesteps_must_be_a_multiple_of_a_rollout(tmp_path):
         _run(paths, tmp_path, policy_config(total_timesteps=1000, n_steps=128, n_envs=2))
 
 
-def test_time_budget_saves_and_rerun_resumes_then_other_config_starts_fresh(tmp_path, caplog):
+class _BudgetOfFiveSaves(TimeBudget):
+    """A budget that runs out once five states are saved (five rollout boundaries).
+
+    How many rollouts fit in a wall-clock budget depends on the machine; this makes the run save
+    exactly five states, more than ``checkpoint.keep`` (3), so pruning must happen. The real clock
+    (the session deadline) still counts as well.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.saves = 0
+
+    def mark_saved(self) -> None:
+        super().mark_saved()
+        self.saves += 1
+
+    def exhausted(self) -> bool:
+        return self.saves >= 5 or super().exhausted()
+
+
+def test_time_budget_saves_and_rerun_resumes_then_other_config_starts_fresh(tmp_path, caplog, monkeypatch):
     paths = write_inputs(tmp_path / "in")
     config = policy_config(total_timesteps=16384, n_steps=128, n_envs=2)
-    config["checkpoint"]["time_budget_minutes"] = 0.005  # 0.3 s: a few rollouts
-    with pytest.raises(BudgetExhausted, match="rerun the same command to resume"):
+    keep = config["checkpoint"]["keep"]
+    assert keep == 3
+    config["checkpoint"]["time_budget_minutes"] = 60.0  # never reached: the five saves end the run
+    monkeypatch.delenv("TRAINRELAY_DEADLINE", raising=False)  # no session deadline from outside
+    monkeypatch.setattr("trainrelay.policy.train.TimeBudget", _BudgetOfFiveSaves)
+    saved: list[int] = []
+    real_save = StateStore.save
+
+    def spy(store: StateStore, state: dict, step: int) -> Path:
+        saved.append(step)
+        return real_save(store, state, step)
+
+    monkeypatch.setattr(StateStore, "save", spy)
+    with pytest.raises(
+        BudgetExhausted, match=r"reached after 1280 of 16384 PPO timesteps.*rerun the same command"
+    ):
         _run(paths, tmp_path, config)
-    states = sorted((tmp_path / "state").glob("state-*.pt"))
-    assert 1 <= len(states) <= 3  # checkpoint.keep
+    per_rollout = 128 * 2
+    assert saved == [per_rollout * k for k in range(1, 6)]  # five states written, one per rollout
+    states = sorted(p.name for p in (tmp_path / "state").glob("state-*.pt"))
+    # exactly `keep` remain, and they are the newest three of the five
+    assert states == [f"state-{step:010d}.pt" for step in saved[-keep:]]
+    for name, step in zip(states, saved[-keep:], strict=True):
+        assert torch.load(tmp_path / "state" / name, weights_only=False)["step"] == step
     assert not (tmp_path / "ppo_policy.zip").exists()
+    monkeypatch.undo()
 
     config["checkpoint"]["time_budget_minutes"] = None  # not part of the fingerprint: resumes
     with caplog.at_level(logging.INFO, logger="trainrelay"):

@@ -55,13 +55,29 @@ def test_forecaster_beats_naive_and_policy_has_all_strategies(full_run: tuple[Pa
 def test_unavailable_engines_are_rows_with_reasons(full_run: tuple[Path, float]) -> None:
     workdir, _ = full_run
     rows = pl.read_parquet(workdir / "results/tiny/benchmark/metrics.parquet")
-    ok = rows.filter(pl.col("status") == "ok")
-    assert set(ok["engine"]) >= {"torch_eager_cpu", "ort_cpu"}
-    assert (ok["latency_p50_ms"] > 0).all() and (ok["throughput_sps"] > 0).all()
-    missing = rows.filter(pl.col("status") == "unavailable")
-    if missing.height:  # on a machine without CUDA every GPU engine is here, never a number
-        assert missing["reason"].str.len_chars().min() > 10
-        assert missing["latency_p50_ms"].null_count() == missing.height
+    expected = _engines_this_machine_runs()
+    assert set(rows["engine"]) == set(expected)  # every configured engine has rows, run or not
+    metrics = [c for c, dtype in rows.schema.items() if dtype == pl.Float64]
+    for (engine,), group in rows.group_by("engine"):
+        if expected[engine]:
+            # the probe ran it here, so the benchmark must have measured it, on every model and batch
+            assert group["status"].to_list() == ["ok"] * group.height, (engine, group["reason"].to_list())
+            assert (group["latency_p50_ms"] > 0).all() and (group["throughput_sps"] > 0).all(), engine
+        else:
+            # it cannot run here: a row per model and batch with a one-line reason, never a number
+            assert group["status"].to_list() == ["unavailable"] * group.height, engine
+            reasons = group["reason"].to_list()
+            assert all(r and len(r) > 10 and "\n" not in r for r in reasons), (engine, reasons)
+            assert group.select(metrics).null_count().row(0) == (group.height,) * len(metrics), engine
+            assert group["correct"].null_count() == group.height, engine
+    import torch
+
+    from trainrelay.bench.engines import ENGINE_SPECS
+
+    if not torch.cuda.is_available():
+        gpu = {e for e, spec in ENGINE_SPECS.items() if spec.device == "cuda"}
+        assert gpu and not gpu & {e for e, ok in expected.items() if ok}
+        assert set(rows.filter(pl.col("status") == "unavailable")["engine"]) == gpu
     selection = json.loads((workdir / "results/tiny/benchmark/selection.json").read_text())
     assert selection["models"]["policy"]["reasoning"]
 
@@ -85,8 +101,31 @@ def test_snakemake_report_has_stage_categories(full_run: tuple[Path, float]) -> 
     workdir, _ = full_run
     run_snakemake(workdir, "--configfile", "test.yaml", "--report", "reports/snakemake-report.html")
     html = (workdir / "reports/snakemake-report.html").read_text(errors="replace")
-    for category in ["Forecaster", "Policy", "Engines", "Report"]:
-        assert category in html
+    # Snakemake embeds the report's data as JS objects: `var categories = {category: {subcategory:
+    # [result, ...]}}` and `var results = {result: {..., "job_properties": {"rule": ...}}}`.
+    categories = _report_data(html, "categories")
+    results = _report_data(html, "results")
+    placed = {
+        name: category
+        for category, subcategories in categories.items()
+        for names in subcategories.values()
+        for name in names
+    }
+    rule_of = {name: result["job_properties"]["rule"] for name, result in results.items()}
+    expected = {
+        "results/tiny/artifacts/loss/forecaster.csv": ("Forecaster", "train_forecaster"),
+        "results/tiny/artifacts/loss/ppo.csv": ("Policy", "train_policy"),
+        "results/tiny/metrics/policy.json": ("Policy", "evaluate_policy"),
+        "results/tiny/benchmark/metrics.csv": ("Engines", "benchmark"),
+        "reports/tiny/report.html": ("Report", "report"),
+        "reports/tiny/metrics.csv": ("Report", "report"),
+    }
+    assert {name: (placed.get(name), rule_of.get(name)) for name in expected} == expected
+    # every result sits in exactly one of the stage categories (none left in Snakemake's "Other")
+    assert sorted(placed) == sorted(results) and len(placed) == sum(
+        len(names) for subs in categories.values() for names in subs.values()
+    )
+    assert set(placed.values()) <= {"Forecaster", "Policy", "Engines", "Report"}
 
 
 def test_forcerun_forecaster_reruns_downstream_only(full_run: tuple[Path, float]) -> None:
@@ -129,3 +168,62 @@ def test_a_config_change_reruns_the_stages_that_read_it(full_run: tuple[Path, fl
     # How often state is saved, or where runs are tracked, is not what a run computes. (The device
     # is: the environment preflight records it, and its stages rerun on the new one.)
     assert _planned(workdir, {"checkpoint": {"every_minutes": 5}, "tracking": {"backend": "mlflow"}}) == set()
+
+
+def _report_data(html: str, name: str) -> dict:
+    """The JSON object Snakemake's HTML report assigns to ``var <name>`` in its ``<script id=name>``."""
+    import re
+
+    match = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, re.S)
+    assert match, f"no `var {name}` in the report"
+    return json.loads(match.group(1))
+
+
+def _engines_this_machine_runs() -> dict[str, bool]:
+    """Which benchmark engines must run here, probed without trainrelay.bench: torch's own CUDA check,
+    and for ONNX Runtime a session actually created with the provider (first in its provider list)
+    that runs a one-node model; a provider merely listed by the build does not count.
+    """
+    import contextlib
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu finds pip CUDA libraries only once preloaded
+        with contextlib.suppress(Exception):
+            ort.preload_dlls()
+
+    def ort_runs(provider: str) -> bool:
+        if provider not in ort.get_available_providers():
+            return False
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), providers=[provider])
+            if session.get_providers()[0] != provider:
+                return False
+            session.run(None, {"x": np.ones((1, 4), np.float32)})
+        except Exception:
+            return False
+        return True
+
+    cuda = torch.cuda.is_available()
+    return {
+        "torch_eager_cpu": True,
+        "ort_cpu": ort_runs("CPUExecutionProvider"),
+        "torch_eager_cuda": cuda,
+        "torch_cuda_graph": cuda,
+        "torch_cuda_graph_bf16": cuda and torch.cuda.is_bf16_supported(),
+        "ort_cuda": ort_runs("CUDAExecutionProvider"),
+        "ort_tensorrt_fp16": ort_runs("TensorrtExecutionProvider"),
+    }

@@ -72,6 +72,11 @@ def train_forecaster(
 ) -> dict[str, Any]:
     """Run the stage; returns the metrics written to ``metrics_out``."""
     fc, seed = config["forecaster"], int(config["seed"])
+    ckpt = config["checkpoint"]
+    # The session's deadline, not a fresh budget: a job that starts after it stops here, before
+    # loading anything, and a later one gets only what earlier jobs left.
+    budget = TimeBudget(every_minutes=ckpt["every_minutes"], budget_minutes=ckpt["time_budget_minutes"])
+    budget.check_start("train_forecaster")
     device = resolve_device(config["device"])
     _, windows, channels, scaler = load_fold(features_path, scaler_path, segments_path, config)
     log.info(
@@ -83,11 +88,9 @@ def train_forecaster(
         len(windows["test"]),
         device,
     )
-    ckpt = config["checkpoint"]
     store = StateStore(
         Path(state_dir) / "train_forecaster", training_fingerprint(config, features_path), keep=ckpt["keep"]
     )
-    budget = TimeBudget(every_minutes=ckpt["every_minutes"], budget_minutes=ckpt["time_budget_minutes"])
 
     main = fc["model"]
     order = [main, *[m for m in MODELS if m != main]]  # the saved model first: it owns the state/budget

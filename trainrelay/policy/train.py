@@ -299,6 +299,13 @@ def train_policy(
             f"policy.ppo.total_timesteps ({total}) must be a multiple of n_steps x n_envs ({per_rollout}) "
             "so that training stops exactly there"
         )
+    # The session's deadline, not a fresh budget: a job that starts after it (the forecaster or
+    # earlier folds used the budget) stops here, before building anything or touching its state.
+    budget = TimeBudget(
+        every_minutes=float(config["checkpoint"]["every_minutes"]),
+        budget_minutes=config["checkpoint"]["time_budget_minutes"],
+    )
+    budget.check_start(f"PPO fold {int(fold)}")
     # One intra-op thread: a 64-wide MLP gains nothing from more, and on a busy machine extra threads
     # made PPO ~10x slower (measured: 32k timesteps 10 s with 1 thread, 100 s with 2 on 2 loaded cores).
     torch.set_num_threads(1)
@@ -323,10 +330,6 @@ def train_policy(
         }
     )
     store = StateStore(state_dir, fingerprint, keep=int(config["checkpoint"]["keep"]))
-    budget = TimeBudget(
-        every_minutes=float(config["checkpoint"]["every_minutes"]),
-        budget_minutes=config["checkpoint"]["time_budget_minutes"],
-    )
     state = store.latest()
     try:
         if state is not None:
@@ -359,9 +362,13 @@ def train_policy(
                     reset_num_timesteps=state is None,
                 )
             if callback.budget_hit and store.latest() is None:
+                # A rerun is a new session whose budget starts with this job, so it gets more time
+                # than it had here (after earlier jobs); only a budget too short for one rollout
+                # on its own needs raising.
                 raise BudgetExhausted(
                     f"time budget of {budget.budget_minutes} min ran out before the first PPO rollout "
-                    "finished, so there is nothing to resume; raise checkpoint.time_budget_minutes"
+                    "finished, so nothing was saved; rerun the same command (a new session, whose budget "
+                    "this job gets first); if it stops here again, raise checkpoint.time_budget_minutes"
                 )
             if callback.budget_hit:
                 raise BudgetExhausted(

@@ -63,6 +63,11 @@ def run_worker(
 ) -> dict[str, Any]:
     """Run trials until the study holds its target of complete trials; write ``worker_out``."""
     tune, seed, worker = config["tune"], int(config["seed"]), str(worker)
+    ckpt = config["checkpoint"]
+    # The session's deadline (shared with every other job of this snakemake run), checked before
+    # the study is opened: a worker that starts after it claims no trial.
+    budget = TimeBudget(every_minutes=ckpt["every_minutes"], budget_minutes=ckpt["time_budget_minutes"])
+    budget.check_start(f"tune worker {worker}")
     model = tuned_model(config)
     names = searched_params(config)
     check_space(tune, names)
@@ -71,8 +76,6 @@ def run_worker(
     study, storage = open_study(study_dir, config)
     reclaimed = reclaim_orphans(study, storage, worker)
     target = target_trials(tune)
-    ckpt = config["checkpoint"]
-    budget = TimeBudget(every_minutes=ckpt["every_minutes"], budget_minutes=ckpt["time_budget_minutes"])
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)
@@ -99,8 +102,9 @@ def run_worker(
     while (done := count(study, TrialState.COMPLETE)) < target:
         if budget.exhausted():
             raise BudgetExhausted(
-                f"tune worker {worker}: time budget of {budget.budget_minutes:g} min reached with {done} of "
-                f"{target} trials complete; the study is saved in {study_dir} — rerun to resume"
+                f"tune worker {worker}: the session's time budget of {budget.budget_minutes:g} min reached "
+                f"with {done} of {target} trials complete; the study is saved in {study_dir} — rerun the "
+                "same command to resume"
             )
         # A trial whose training diverges (DataError: non-finite loss) is a legitimate FAIL of the
         # search, recorded in the history; anything else is a bug and stops the worker.
