@@ -44,7 +44,7 @@ SIZES = {
     "x100": (10, 40, "2021-09"),
     "x150": (10, 60, "2020-01"),  # 5 years x 10 symbols of 3m bars
 }
-RAW = "data/raw/synthetic"
+RAW = "data/raw/bench/synthetic"
 MANIFEST = "results/bench/manifest/base_manifest.parquet"
 SEGMENTS = {
     "features_out": "results/bench/segments/features.parquet",

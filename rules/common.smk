@@ -12,9 +12,17 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from trainrelay.config import check_config, config_digest, load_schema
-from trainrelay.data.acquire import raw_targets
+from trainrelay.config_file import check_config_files
+from trainrelay.data.acquire import raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
+
+# Snakemake names neither file nor line for a YAML syntax error; these lines do (file:line:column).
+# A bad --configfile stops Snakemake before this file runs: `python -m trainrelay check-config FILE`.
+try:
+    check_config_files(["config/config.yaml", *workflow.config_settings.configfiles])
+except TrainrelayError as exc:
+    sys.exit(f"trainrelay: error: {exc}")
 
 
 configfile: "config/config.yaml"
@@ -46,7 +54,9 @@ RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
-RAW = f"data/raw/{config['source']}"
+# data/raw/<run>/<source>: each run owns its raw data like its results/<run>, so two runs with
+# different source settings never overwrite each other's inputs (and so never rebuild each other).
+RAW = raw_root(config)
 # A configured state_dir (e.g. on Google Drive) is shared by every run, so each run gets its own
 # folder inside it; the default already sits inside results/<run>/.
 STATE_DIR = (
@@ -189,30 +199,36 @@ def policy_inputs():
 
 
 def stage_targets(stage):
-    """The file targets that prove a stage is done."""
-    targets = {
+    """Every file a stage writes that a later stage, the report or the validation checklist reads.
+
+    `all` requests each of them, not only each stage's last file: Snakemake checks the outputs of
+    the jobs it is asked for, so a deleted intermediate (models/policy.onnx, checkpoints/forecaster.pt)
+    whose consumers are still present would otherwise give "Nothing to be done" while
+    validation.json still says passed. Requested, a missing one is rebuilt, and everything that
+    reads it (validate too: it declares every file it checks as an input) reruns after it.
+    """
+    stage_rules = {
         "embeddings": [
-            f"{RESULTS}/environment.json",
-            f"{RESULTS}/manifest/base_manifest.parquet",
-            f"{RESULTS}/segments/features.parquet",
-            f"{RESULTS}/embeddings/text_embeddings.parquet",
+            rules.environment,
+            rules.manifest,
+            rules.segments,
+            rules.embeddings,
         ],
-        "train_forecaster": [f"{RESULTS}/metrics/forecaster.json"],
-        "precompute": [f"{RESULTS}/features/forecast_features.parquet"],
-        "train_policy": [f"{RESULTS}/checkpoints/ppo_policy.zip"],
-        "evaluate_policy": [f"{RESULTS}/metrics/policy.json"],
-        "export_onnx": [f"{RESULTS}/models/onnx_parity.json"],
-        "benchmark": [f"{RESULTS}/benchmark/selection.json"]
-        + (
-            [f"{RESULTS}/package/{bundle_filename(config)}"]
-            if config["package"]["enabled"]
-            else []
-        ),
-        "report": [f"reports/{RUN}/report.html"],
-        "validate": [f"{RESULTS}/validation.json"],
-        "dashboard": ["reports/dashboard/data/dashboard-state.json"],
+        "train_forecaster": [rules.train_forecaster]
+        + ([rules.tune] if config["tune"]["enabled"] else []),
+        "precompute": [rules.precompute],
+        "train_policy": [rules.train_policy],
+        "evaluate_policy": [rules.evaluate_policy],
+        "export_onnx": [rules.export_onnx],
+        "benchmark": [rules.benchmark]
+        + ([rules.package] if config["package"]["enabled"] else []),
+        "report": [rules.report],
+        "validate": [rules.validate],
+        "dashboard": [rules.dashboard],
     }
-    return targets[stage]
+    # The rules' own output objects, not str() of them: with a storage provider (Colab's Drive,
+    # RunPod's S3) their str() is the local copy's path, which no rule declares.
+    return [path for rule in stage_rules[stage] for path in rule.output]
 
 
 def final_targets():

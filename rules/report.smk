@@ -29,10 +29,11 @@ rule report:
         CONDA_ENV
     resources:
         mem_mb=2000,
+    # No checkout path in params: a param is a rerun trigger, so an absolute path would rerun the
+    # report after the checkout moves. scripts/report.py finds the repository from its own file.
     params:
         config=config_params("report"),
         results=lambda wildcards, input: parent_dir(input.environment),
-        repo=workflow.basedir,
     script:
         "../scripts/report.py"
 

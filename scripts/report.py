@@ -1,5 +1,9 @@
+from pathlib import Path
+
 from trainrelay.report.build import build_report, current_git_commit
 from trainrelay.rulerun import run_rule
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main(smk):
@@ -12,7 +16,8 @@ def main(smk):
             "csv": smk.output.csv,
         },
         config=smk.config,
-        git_commit=smk.params.get("git_commit") or current_git_commit(smk.params.get("repo", ".")),
+        # Snakemake sets __file__ to this script's real path: its checkout, wherever that now is.
+        git_commit=smk.params.get("git_commit") or current_git_commit(REPO),
     )
 
 

@@ -87,7 +87,7 @@ def test_notebook_runs_the_workflow_with_outputs_on_drive(tmp_path, monkeypatch)
     drive = paths["drive"]
     assert "local mode" in text
     for rel in (
-        "data/raw/synthetic/events/events.csv",
+        "data/raw/tiny/synthetic/events/events.csv",
         "results/tiny/environment.json",
         "results/tiny/manifest/base_manifest.parquet",
         "results/tiny/segments/features.parquet",

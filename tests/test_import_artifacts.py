@@ -80,7 +80,7 @@ def test_foreign_layout_imports_and_snakemake_plans_only_later_stages(tmp_path, 
         real_run / "results/tiny/segments/features.parquet"
     )
     # mtimes in DAG order: every output is newer than its inputs
-    raw = max((dest / "data/raw/synthetic").rglob("*.zip"), key=lambda p: p.stat().st_mtime)
+    raw = max((dest / "data/raw/tiny/synthetic").rglob("*.zip"), key=lambda p: p.stat().st_mtime)
     assert raw.stat().st_mtime < (dest / "results/tiny/manifest/base_manifest.parquet").stat().st_mtime
     assert (dest / "results/tiny/segments/features.parquet").stat().st_mtime < (
         dest / "results/tiny/checkpoints/forecaster.pt"

@@ -196,7 +196,7 @@ def test_unpacked_raw_data_counts_as_acquired(tmp_path: Path) -> None:
     """Raw data packed here and unpacked into a fresh clone: Snakemake does not acquire it again."""
     here = copy_workflow(tmp_path / "here")
     config = write_config(here, {"until": "embeddings", "device": "cpu"})
-    raw = "data/raw/synthetic"
+    raw = "data/raw/tiny/synthetic"
     run_snakemake(here, "--configfile", str(config), "--until", "acquire", timeout=300)
     packed = pack(here / raw, tmp_path / "raw-synthetic.tar")
 

@@ -62,7 +62,7 @@ def checkout(tmp_path: Path) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"z" * size)
     for i in range(30):
-        path = root / "data" / "raw" / "synthetic" / f"m{i % 3}" / f"part-{i:02d}.csv"
+        path = root / "data" / "raw" / "tiny" / "synthetic" / f"m{i % 3}" / f"part-{i:02d}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"1,2\n" * (i + 1))
     return root
@@ -80,17 +80,19 @@ def test_plan_measures_what_to_send(checkout: Path, tmp_path: Path) -> None:
 
     raw = send["raw data, packed"]
     entries = [
-        (p.relative_to(checkout / "data/raw/synthetic").as_posix(), p.stat().st_size)
-        for p in (checkout / "data/raw/synthetic").rglob("*")
+        (p.relative_to(checkout / "data/raw/tiny/synthetic").as_posix(), p.stat().st_size)
+        for p in (checkout / "data/raw/tiny/synthetic").rglob("*")
         if p.is_file()
     ]
-    real = pack(checkout / "data/raw/synthetic", tmp_path / "raw-synthetic.tar")
+    real = pack(checkout / "data/raw/tiny/synthetic", tmp_path / "raw-synthetic.tar")
     assert (
         (raw.path, raw.files, raw.bytes)
         == ("raw-synthetic.tar", 1, real.tar_bytes)
         == ("raw-synthetic.tar", 1, tar_bytes(entries))
     )
-    assert f"30 files in data/raw/synthetic ({len(raw_targets(config))} expected by the config)" in raw.note
+    assert (
+        f"30 files in data/raw/tiny/synthetic ({len(raw_targets(config))} expected by the config)" in raw.note
+    )
     assert volume_bytes(size for _, size in entries) == 30 * 65_536
 
     state = send["optional: training state"]
@@ -123,7 +125,8 @@ def test_plan_steps_in_order_with_checks(checkout: Path) -> None:
     commands = {step.title: "\n".join(step.commands) for step in plan.steps}
     aws = "aws s3 --region US-KS-2 --endpoint-url https://s3api-us-ks-2.runpod.io/"
     assert (
-        "python -m trainrelay pack data/raw/synthetic --out raw-synthetic.tar" in commands["pack and upload"]
+        "python -m trainrelay pack data/raw/tiny/synthetic --out raw-synthetic.tar"
+        in commands["pack and upload"]
     )
     assert f"{aws} cp raw-synthetic.tar s3://vol42/uploads/raw-synthetic.tar" in commands["pack and upload"]
     assert f"{aws} cp test.yaml s3://vol42/trainrelay/test.yaml" in commands["pack and upload"]

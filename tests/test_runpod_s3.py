@@ -119,7 +119,7 @@ def test_every_target_is_in_the_bucket(s3_run: S3Run) -> None:
         yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
         yaml.safe_load((s3_run.workdir / "test.yaml").read_text()),
     )
-    raw = {f"{S3_ROOT}/data/raw/synthetic/{rel}" for rel in raw_targets(config)}
+    raw = {f"{S3_ROOT}/data/raw/tiny/synthetic/{rel}" for rel in raw_targets(config)}
     core = {f"{S3_ROOT}/{target}" for target in CORE_TARGETS}
     assert core | raw <= s3_run.planned
     assert set(in_bucket) == s3_run.planned  # every announced file, and nothing else
@@ -139,7 +139,7 @@ def test_manifest_in_the_bucket_matches_the_raw_objects(s3_run: S3Run) -> None:
     manifest = pl.read_parquet(io.BytesIO(fetch(f"{S3_ROOT}/results/tiny/manifest/base_manifest.parquet")))
     assert manifest.height == 4  # klines 3m + 15m, funding, events of one symbol and month
     for path, sha, size in manifest.select("path", "sha256", "bytes").iter_rows():
-        assert path.startswith("data/raw/synthetic/"), path  # the logical path, not the local copy's
+        assert path.startswith("data/raw/tiny/synthetic/"), path  # the logical path, not the local copy's
         body = fetch(f"{S3_ROOT}/{path}")
         assert (hashlib.sha256(body).hexdigest(), len(body)) == (sha, size), path
 

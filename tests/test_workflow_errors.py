@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import copy_workflow, run_snakemake, write_config
 from trainrelay.data import archive
 
-KLINE = "data/raw/synthetic/data/futures/um/monthly/klines/BTCUSDT/3m/BTCUSDT-3m-2024-01.zip"
+KLINE = "data/raw/tiny/synthetic/data/futures/um/monthly/klines/BTCUSDT/3m/BTCUSDT-3m-2024-01.zip"
 MANIFEST = "results/tiny/manifest/base_manifest.parquet"
 
 
@@ -154,7 +154,7 @@ def test_unreadable_files_path_names_the_path(workflow: Path) -> None:
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1 and "no/such/series.csv" in lines[0], proc.stdout + proc.stderr
-    assert not list((workflow / "data/raw/files").rglob("*.parquet"))
+    assert not list((workflow / "data/raw/tiny/files").rglob("*.parquet"))
 
 
 def test_cuda_requested_without_cuda_stops_at_environment(workflow: Path) -> None:

@@ -92,7 +92,9 @@ def list_files(source: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     """
     root = Path(source)
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder; give the raw-data folder to pack, e.g. data/raw/<source>")
+        raise DataError(
+            f"{root}: not a folder; give the raw-data folder to pack, e.g. data/raw/<run>/<source>"
+        )
     found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -299,11 +299,12 @@ def _code_item(root: Path) -> Item:
 
 
 def _raw_items(root: Path, config: dict[str, Any]) -> tuple[list[Item], list[str]]:
-    from trainrelay.data.acquire import raw_targets
+    from trainrelay.data.acquire import raw_root, raw_targets
 
     source = config["source"]
     expected = len(raw_targets(config))
-    raw = root / "data" / "raw" / source
+    raw_rel = raw_root(config)
+    raw = root / raw_rel
     items: list[Item] = []
     notes: list[str] = []
     if raw.is_dir() and any(raw.iterdir()):
@@ -321,7 +322,7 @@ def _raw_items(root: Path, config: dict[str, Any]) -> tuple[list[Item], list[str
                 f"raw-{source}.tar",
                 1,
                 packed,
-                f"{len(entries)} files in data/raw/{source} ({expected} expected by the config); "
+                f"{len(entries)} files in {raw_rel} ({expected} expected by the config); "
                 f"loose they would take {_human(loose)} of volume (64 KB minimum each), packed "
                 f"{_human(volume_bytes([packed]))}",
             )
@@ -332,7 +333,7 @@ def _raw_items(root: Path, config: dict[str, Any]) -> tuple[list[Item], list[str
         )
     elif source == "binance":
         notes.append(
-            f"raw data: data/raw/binance is absent here, so acquire downloads {expected} files on the pod "
+            f"raw data: {raw_rel} is absent here, so acquire downloads {expected} files on the pod "
             "(pods have internet); or run acquire here and pack"
         )
     if source == "files" or (config.get("events") or {}).get("path"):
@@ -427,12 +428,15 @@ def _steps(plan: RunpodPlan, volume: str, config_files: list[str]) -> list[Step]
     dc = plan.datacenter or "<DATACENTER>"
     endpoint = plan.endpoint or "https://s3api-<datacenter>.runpod.io/"
     aws = f"aws s3 --region {dc} --endpoint-url {endpoint}"
+    from trainrelay.data.acquire import raw_root
+
     raw_tar = f"raw-{plan.source}.tar"
+    raw_dir = raw_root({"run": plan.run, "source": plan.source})
     has_raw = any(item.path == raw_tar for item in plan.send)
     configs = " ".join(f"--configfile {c}" for c in config_files)
     upload = ["git archive --format=tar HEAD -o code.tar   # or `git clone` on the pod and skip it"]
     if has_raw:
-        upload.insert(0, f"python -m trainrelay pack data/raw/{plan.source} --out {raw_tar}")
+        upload.insert(0, f"python -m trainrelay pack {raw_dir} --out {raw_tar}")
         upload.append(f"{aws} cp {raw_tar} s3://{volume}/uploads/{raw_tar}")
         upload.append(f"{aws} cp {raw_tar}.sha256 s3://{volume}/uploads/{raw_tar}.sha256")
     upload.append(f"{aws} cp code.tar s3://{volume}/uploads/code.tar")
@@ -450,7 +454,7 @@ def _steps(plan: RunpodPlan, volume: str, config_files: list[str]) -> list[Step]
     unpack = (
         (
             f"cd {POD_CLONE} && .venv/bin/python -m trainrelay pack --unpack /workspace/uploads/{raw_tar} "
-            f"--into data/raw/{plan.source}",
+            f"--into {raw_dir}",
         )
         if has_raw
         else ()

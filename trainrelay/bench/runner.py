@@ -35,7 +35,7 @@ from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.bench.select import OBJECTIVES, select_engines
 from trainrelay.bench.timing import summarise, time_trials, warm_up
 from trainrelay.errors import ConfigError
-from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,22 @@ def reference_outputs(model: ModelUnderTest, batches: tuple[int, ...]) -> dict[i
 
 
 def run_benchmark(
-    models: list[ModelUnderTest], settings: dict[str, Any], *, threads: int, trt_cache_dir: str | Path
+    models: list[ModelUnderTest],
+    settings: dict[str, Any],
+    *,
+    threads: int,
+    trt_cache_dir: str | Path,
+    onnx_fix: str = "export the model to ONNX again",
 ) -> BenchResult:
-    """Measure every engine on every model at every configured batch size."""
+    """Measure every engine on every model at every configured batch size.
+
+    A corrupt ONNX file raises DataError naming it and ``onnx_fix`` before anything is measured: ONNX
+    Runtime reports it as a session that does not load, which would otherwise become "unavailable"
+    rows (a fact about the machine) and a quiet choice of a torch engine.
+    """
     check_settings(settings, [m.name for m in models])
+    for model in models:
+        check_onnx_file(model.onnx_path, onnx_fix)
     torch.set_num_threads(threads)
     batches = tuple(sorted({int(b) for b in settings["batches"]}))
     engine_settings = EngineSettings(threads=threads, batches=batches, trt_cache_dir=Path(trt_cache_dir))
@@ -357,7 +369,13 @@ def benchmark_stage(
             read_samples(policy_inputs, (int(p_meta["obs_dim"]),), "policy observation"),
         ),
     ]
-    result = run_benchmark(models, settings, threads=threads, trt_cache_dir=trt_cache_dir)
+    result = run_benchmark(
+        models,
+        settings,
+        threads=threads,
+        trt_cache_dir=trt_cache_dir,
+        onnx_fix="rerun `snakemake -j1 --forcerun export_onnx`",
+    )
     return write_outputs(
         result,
         settings,

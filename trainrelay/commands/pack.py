@@ -8,13 +8,13 @@ from trainrelay.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", help="folder to pack, e.g. data/raw/synthetic")
+    parser.add_argument("source", nargs="?", help="folder to pack, e.g. data/raw/demo/synthetic")
     parser.add_argument("--out", help="tar to write (a <out>.sha256 file is written beside it)")
     parser.add_argument(
         "--unpack", metavar="TAR", help="extract TAR (made by pack) instead, verifying sha256"
     )
     parser.add_argument(
-        "--into", metavar="DIR", help="with --unpack: destination folder, e.g. data/raw/synthetic"
+        "--into", metavar="DIR", help="with --unpack: destination folder, e.g. data/raw/demo/synthetic"
     )
 
 

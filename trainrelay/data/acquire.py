@@ -1,7 +1,11 @@
 """The ``acquire`` stage: dispatch on ``config["source"]`` and list the files it writes.
 
 :func:`raw_targets` is what the Snakefile declares as the rule's outputs, so it is pure, fast and
-lists exactly the files :func:`acquire` writes, relative to the raw root ``data/raw/<source>/``.
+lists exactly the files :func:`acquire` writes, relative to the raw root :func:`raw_root`.
+
+The raw root is ``data/raw/<run>/<source>/``: each run (``config.run``) owns its raw data, as it owns
+``results/<run>/``, so a second run with other source settings never rewrites the files an earlier
+run was built from (which made Snakemake want to rebuild the earlier run from scratch).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ def _source(config: dict) -> str:
     if source not in SOURCES:
         raise ConfigError(f"source: '{source}' is not one of {', '.join(SOURCES)}")
     return source
+
+
+def raw_root(config: dict) -> str:
+    """The folder, relative to the workdir, that acquire writes the run's raw data into."""
+    return f"data/raw/{config['run']}/{_source(config)}"
 
 
 def raw_targets(config: dict) -> list[str]:

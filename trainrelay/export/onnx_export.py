@@ -108,6 +108,37 @@ def _check_batch_axis(model: Any, path: Path) -> None:
             )
 
 
+def check_onnx_file(path: str | Path, fix: str) -> None:
+    """Raise DataError (one line naming ``path`` and ``fix``) unless ``path`` is a valid ONNX model.
+
+    Readers call this before using an exported file so that a truncated or overwritten model is an
+    error about the file, with the step that rewrites it, and never looks like an engine that cannot
+    run on this machine (ONNX Runtime reports both the same way: the session does not load).
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing: {fix}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is not a valid ONNX model (empty file): {fix}")
+    try:
+        model = onnx.load(str(path))
+    except DecodeError:
+        # ONNX Runtime's name for this (INVALID_PROTOBUF): the bytes do not parse as a model,
+        # e.g. a file cut short by a full disk or an interrupted copy.
+        raise DataError(f"{path} is not a valid ONNX model (InvalidProtobuf): {fix}") from None
+    except Exception as exc:
+        raise DataError(f"{path} is not a valid ONNX model ({_first_line(exc)}): {fix}") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise DataError(f"{path} is not a valid ONNX model ({_first_line(exc)}): {fix}") from None
+    if not model.graph.node:  # a file cut at a field boundary parses as an empty model
+        raise DataError(f"{path} is not a valid ONNX model (empty graph): {fix}")
+
+
 def export_module(
     module: nn.Module, sample: torch.Tensor, target: str | Path, opset: int = 18
 ) -> ExportResult:
