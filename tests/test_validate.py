@@ -110,3 +110,18 @@ def test_non_finite_policy_metric_fails(run_copy: Path) -> None:
     assert _failed(validate_run(run_copy)) == {
         "policy metrics": "policy.json: strategies.policy has no finite sharpe"
     }
+
+
+def test_a_verdict_without_its_interval_fails(run_copy: Path) -> None:
+    path = run_copy / "metrics" / "policy.json"
+    data = json.loads(path.read_text())
+    del data["strategies"]["buy_and_hold"]["sharpe_ci_low"]
+    data["strategies"]["policy"]["sharpe_diff_p_value"] = float("nan")
+    path.write_text(json.dumps(data))
+    failed = _failed(validate_run(run_copy))
+    assert failed == {"policy metrics": "policy.json: strategies.policy has no finite sharpe_diff_p_value"}
+    data["strategies"]["policy"]["sharpe_diff_p_value"] = 0.5
+    path.write_text(json.dumps(data))
+    assert _failed(validate_run(run_copy)) == {
+        "policy metrics": "policy.json: strategies.buy_and_hold has no finite sharpe_ci_low"
+    }

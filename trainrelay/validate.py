@@ -25,6 +25,15 @@ from trainrelay.atomic import write_json
 from trainrelay.errors import DataError, TrainrelayError
 from trainrelay.report.inputs import FORECAST_METRICS, POLICY_METRICS, SPECS, read_artifact
 
+# The interval fields every strategy row must carry (see trainrelay/policy/significance.py).
+VERDICT_INTERVALS = (
+    "sharpe_ci_low",
+    "sharpe_ci_high",
+    "sharpe_diff_ci_low",
+    "sharpe_diff_ci_high",
+    "sharpe_diff_p_value",
+)
+
 log = logging.getLogger(__name__)
 
 STAGES = (
@@ -247,10 +256,18 @@ def _policy_metrics(results: Path) -> str:
         if not isinstance(values, dict):
             raise _Failed(f"policy.json: strategies.{name} missing")
         bad = [k for k in POLICY_METRICS if not _finite(values.get(k))]
+        # A verdict without its uncertainty is not a result: the interval and the paired difference
+        # must be numbers (the deflated Sharpe is the policy's alone, null for the baselines).
+        bad += [k for k in VERDICT_INTERVALS if not _finite(values.get(k))]
         if bad:
             raise _Failed(f"policy.json: strategies.{name} has no finite {', '.join(bad)}")
-    mine, hold = strategies["policy"]["sharpe"], strategies["buy_and_hold"]["sharpe"]
-    return f"policy sharpe {mine:.3g} vs buy_and_hold {hold:.3g}"
+    if not isinstance(data.get("significance"), dict):
+        raise _Failed("policy.json: no significance block (rerun evaluate_policy)")
+    mine, hold = strategies["policy"], strategies["buy_and_hold"]
+    return (
+        f"policy sharpe {mine['sharpe']:.3g} (95 % CI {mine['sharpe_ci_low']:.3g} to "
+        f"{mine['sharpe_ci_high']:.3g}) vs buy_and_hold {hold['sharpe']:.3g}"
+    )
 
 
 def _equity(results: Path) -> str:
