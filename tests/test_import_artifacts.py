@@ -33,7 +33,7 @@ def _foreign_copy(run: Path, dest: Path) -> Path:
     """The run's outputs as an old Colab /content copy might hold them: other folders, another run name."""
     src = dest / "content"
     shutil.copytree(run / "results" / "tiny", src / "outputs" / "colab_run_7")
-    shutil.copytree(run / "data" / "raw" / "synthetic", src / "datasets" / "raw" / "synthetic")
+    shutil.copytree(run / "data" / "raw" / "tiny" / "synthetic", src / "datasets" / "raw" / "synthetic")
     shutil.rmtree(src / "outputs" / "colab_run_7" / "logs")  # logs are not artifacts
     return dest
 
