@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-package": ("trainrelay.commands.verify_package", "check a deployment bundle against SHA256SUMS"),
     "pack": ("trainrelay.commands.pack", "pack many small raw files into one verified tar, or --unpack it"),
     "runpod-plan": ("trainrelay.commands.runpod_plan", "print the RunPod upload checklist and step order"),
+    "lookahead": (
+        "trainrelay.commands.lookahead",
+        "perturb the data after cut times, recompute, and require everything before them unchanged",
+    ),
 }
 
 
