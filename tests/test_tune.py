@@ -26,7 +26,14 @@ from trainrelay.forecast.training import TrainSettings
 from trainrelay.tune.history import finalize
 from trainrelay.tune.search import run_worker
 from trainrelay.tune.space import apply_params, searched_params, with_best_params
-from trainrelay.tune.study import RETRY_OF_ATTR, WORKER_ATTR, open_study
+from trainrelay.tune.study import (
+    GRACE_SECONDS,
+    RETRY_OF_ATTR,
+    WORKER_ATTR,
+    ClaimingSampler,
+    open_study,
+    reclaim_orphans,
+)
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -265,3 +272,20 @@ def test_report_shows_tuning_history(searched, tmp_path) -> None:
     build_report(results, again, fixture_config(), git_commit="unknown")
     assert again["html"].read_bytes() == outputs["html"].read_bytes()
     assert again["json"].read_bytes() == outputs["json"].read_bytes()
+
+
+def test_a_trial_is_claimed_before_sampling_and_an_unclaimed_one_is_reclaimed_after_grace() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.sampler = ClaimingSampler(study.sampler, "1")
+    claimed = study.ask()  # what Study.optimize does before the objective runs
+    assert storage.get_trial(claimed._trial_id).user_attrs[WORKER_ATTR] == "1"
+    # A trial cut between creation and claim: nobody's. Fresh, it may be a live worker's own.
+    unclaimed = storage.create_new_trial(study._study_id)
+    started = storage.get_trial(unclaimed).datetime_start.timestamp()
+    assert reclaim_orphans(study, storage, "0", now=started + 1) == []
+    assert reclaim_orphans(study, storage, "0", now=started + GRACE_SECONDS + 1) == [
+        storage.get_trial(unclaimed).number
+    ]
+    # worker 1's claimed trial is still running and still its own
+    assert storage.get_trial(claimed._trial_id).state == TrialState.RUNNING

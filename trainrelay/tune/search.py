@@ -30,7 +30,14 @@ from trainrelay.forecast.base import Forecaster
 from trainrelay.forecast.inputs import load_fold
 from trainrelay.forecast.training import TrainSettings
 from trainrelay.tune.space import apply_params, searched_params, suggest, train_key, tuned_model
-from trainrelay.tune.study import WORKER_ATTR, count, open_study, reclaim_orphans, target_trials
+from trainrelay.tune.study import (
+    WORKER_ATTR,
+    ClaimingSampler,
+    count,
+    open_study,
+    reclaim_orphans,
+    target_trials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ def run_worker(
     _, windows, channels, _ = load_fold(features_path, scaler_path, segments_path, config)
     study, storage = open_study(study_dir, config)
     reclaimed = reclaim_orphans(study, storage, worker)
+    study.sampler = ClaimingSampler(study.sampler, worker)
     target = target_trials(tune)
 
     def objective(trial: optuna.Trial) -> float:

@@ -145,11 +145,58 @@ def count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def reclaim_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage, worker: str) -> list[int]:
-    """Fail this worker's trials left RUNNING by a killed run and queue their parameters again."""
+class ClaimingSampler(optuna.samplers.BaseSampler):
+    """The study's sampler, which first marks each new trial as this worker's.
+
+    ``Study.ask`` creates a trial, then calls the sampler's ``before_trial`` (for NSGA-II it builds
+    the population, which takes a while under load) and only then runs the objective. A worker
+    killed in that window used to leave a RUNNING trial without an owner, which no rerun reclaimed
+    (a test killed one there on a busy machine). Claiming it in ``before_trial``, before any
+    sampling work, leaves only a single storage read between creation and claim.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, worker: str) -> None:
+        self.inner = inner
+        self.worker = worker
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, self.worker)
+        self.inner.before_trial(study, trial)
+
+    # The rest delegates with Optuna's own signatures.
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> Any:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: Any) -> Any:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def reclaim_orphans(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, worker: str, now: float | None = None
+) -> list[int]:
+    """Fail this worker's trials left RUNNING by a killed run and queue their parameters again.
+
+    A RUNNING trial that no worker has claimed for longer than the heartbeat grace period was cut
+    between its creation and its claim (see :class:`ClaimingSampler`): any worker takes it over.
+    """
+    now = time.time() if now is None else now
     reclaimed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get(WORKER_ATTR) != worker:
+        owner = trial.user_attrs.get(WORKER_ATTR)
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        unclaimed_too_long = owner is None and now - started > GRACE_SECONDS
+        if owner != worker and not unclaimed_too_long:
             continue
         # FrozenTrial exposes its storage id only as _trial_id; Optuna's own stale-trial code uses it too.
         storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
