@@ -224,9 +224,12 @@ def test_slow_clients_hold_no_handler_thread(bundle_dir) -> None:
             slow.append(sock)
         for _ in range(5):
             assert server.request("/predict/policy", ROW)[0] == 200
-        # the slow ones wait in the head gate, not in handler threads
+        # The slow ones wait in the head gate, not in handler threads: had they taken the two
+        # threads, none of the five requests above could have been served. (The handler-thread
+        # count is not asserted: the previous request's thread may still be releasing its slot
+        # after its client got the answer, so it is 1 or 2 depending on the machine's load.)
         connections = server.request("/metrics")[1]["connections"]
-        assert connections["waiting_for_head"] == 10 and connections["handler_threads"] <= 1
+        assert connections["waiting_for_head"] == 10
         assert slow[0].recv(100) == b""  # closed by the server once the head deadline passed
         assert server.request("/metrics")[1]["http"]["header_timeouts"] >= 1
     finally:
