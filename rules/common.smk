@@ -75,6 +75,7 @@ _ACQUIRE_KEYS = {
     "synthetic": ["source", "seed", "synthetic", "events", "intervals"],
     "binance": ["source", "binance", "events", "intervals"],
     "files": ["source", "files", "events"],
+    "freqtrade": ["source", "freqtrade", "events", "intervals"],
 }[config["source"]]
 STAGE_CONFIG = {
     "acquire": _ACQUIRE_KEYS,

@@ -53,6 +53,22 @@ def test_funding_interval_must_be_whole_bars(demo: dict, bar: str, hours: int | 
         assert problems[0].startswith(f"config: policy.funding_every_hours: {hours} is not a whole number")
 
 
+def test_text_inputs_without_text_events_are_refused(demo: dict) -> None:
+    """No zero vectors posing as news: a source without events cannot feed a text observation."""
+    config = copy.deepcopy(demo)
+    config["synthetic"]["text_events"] = False
+    (problem,) = config_errors(config)
+    assert problem.startswith("config: policy.observation.text is true but source 'synthetic' has no text")
+    config["policy"]["observation"]["text"] = False
+    (problem,) = config_errors(config)
+    assert problem.startswith("config: policy.ablations has no_text but")
+    config["policy"]["ablations"] = ["no_forecast"]
+    assert config_errors(config) == []
+    config["source"], config["policy"]["observation"]["text"] = "binance", True
+    config["events"]["path"] = "headlines.csv"
+    assert config_errors(config) == []
+
+
 def test_load_config_raises_the_first_problem_as_one_line(tmp_path, demo: dict) -> None:
     override = tmp_path / "leak.yaml"
     override.write_text("forecaster:\n  fold: 2\n")

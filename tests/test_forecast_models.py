@@ -23,7 +23,7 @@ def test_patch_count_matches_the_paper() -> None:
     assert patch_count(512, 16, 8) == 64
 
 
-@pytest.mark.parametrize("name", ["patchtst", "dlinear", "naive"])
+@pytest.mark.parametrize("name", ["patchtst", "dlinear", "lstm", "tcn", "naive"])
 def test_models_map_lookback_to_horizon(name: str) -> None:
     hparams = SMALL if name == "patchtst" else ({"kernel_size": 5} if name == "dlinear" else {})
     module = build_module(name, 32, 6, 3, hparams).eval()
@@ -71,7 +71,7 @@ def test_bad_hyperparameters_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"forecaster\.patchtst"):
         build_module("patchtst", 32, 4, 1, {"nonsense": 1})
     with pytest.raises(ConfigError, match=r"forecaster\.model"):
-        build_module("lstm", 32, 4, 1, {})
+        build_module("gru", 32, 4, 1, {})  # not in the zoo (lstm and tcn are)
 
 
 def test_get_state_and_load_state_round_trip() -> None:

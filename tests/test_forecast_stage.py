@@ -86,16 +86,21 @@ def write_inputs(
     return {"paths": paths, "segments": settings}
 
 
-def tiny_config(segments: dict, **train: Any) -> dict:
+def tiny_config(segments: dict, model: str = "patchtst", **train: Any) -> dict:
+    """The demo config shrunk to the tiny inputs; ``model`` is kept (``auto``: chosen on val)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["device"] = "cpu"
     config["segments"] = segments
     fc = config["forecaster"]
-    fc.update(lookback=32, horizon=8)
+    fc.update(lookback=32, horizon=8, model=model)
     fc["patchtst"].update(patch_len=8, stride=4, d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0.1)
     fc["dlinear"]["kernel_size"] = 5
     fc["train"].update({"epochs": 3, "batch_size": 64, "lr": 0.003, "patience": 3, **train})
     fc["dlinear_train"].update(epochs=2, batch_size=64)
+    fc["lstm"].update(hidden_size=8)
+    fc["tcn"].update(channels=8, levels=2)
+    for key in ("lstm_train", "tcn_train"):
+        fc[key].update(epochs=2, batch_size=64)
     config["checkpoint"].update(every_minutes=30, time_budget_minutes=None, keep=3)
     return config
 
@@ -132,7 +137,7 @@ def test_stage_writes_checkpoint_loss_and_metrics(trained) -> None:
     out, metrics, _ = trained
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
-    assert set(metrics["models"]) == {"patchtst", "dlinear", "naive"}
+    assert set(metrics["models"]) == {"patchtst", "dlinear", "lstm", "tcn", "naive"}
     for values in metrics["models"].values():
         assert set(values) == {"val_mse", "val_mae", "test_mse", "test_mae"}
         assert all(math.isfinite(v) and v > 0 for v in values.values())
@@ -216,7 +221,7 @@ def test_budget_stop_saves_state_and_a_rerun_resumes(inputs, tmp_path, caplog) -
         BudgetExhausted, match=r"time budget of 1e-06 min reached after epoch 0.*rerun the same"
     ):
         run_stage(inputs, tmp_path / "out", config, tmp_path / "state")
-    assert list((tmp_path / "state" / "train_forecaster").glob("state-*.pt"))
+    assert list((tmp_path / "state" / "train_forecaster" / "patchtst").glob("state-*.pt"))
     assert not (tmp_path / "out" / "metrics.json").exists()
     config["checkpoint"]["time_budget_minutes"] = None  # a fresh session: the budget starts again
     with caplog.at_level(logging.INFO):
@@ -229,15 +234,18 @@ def test_changed_config_starts_fresh(trained, inputs, tmp_path, caplog) -> None:
     out, metrics, config = trained
     with caplog.at_level(logging.INFO):
         again = run_stage(inputs, tmp_path, config, out / "state")  # same config: the finished state
-    assert again["resumed_from_epoch"] == 4 and "resuming from epoch 4" in caplog.text
+    assert again["resumed_from_epoch"] == 4 and "patchtst: resuming from epoch 4" in caplog.text
+    assert "dlinear: resuming from epoch 3" in caplog.text  # every trained model has its own state
     assert again["models"] == metrics["models"]
     caplog.clear()
     changed = copy.deepcopy(config)
     changed["forecaster"]["train"]["lr"] = 0.002
     with caplog.at_level(logging.INFO):
         fresh = run_stage(inputs, tmp_path, changed, out / "state")
-    assert fresh["resumed_from_epoch"] is None and "resuming" not in caplog.text
+    assert fresh["resumed_from_epoch"] is None and "patchtst: resuming" not in caplog.text
     assert "made with another config; starting fresh" in caplog.text
+    # the fingerprint is per model: PatchTST's lr leaves DLinear's finished state valid
+    assert "dlinear: resuming from epoch 3" in caplog.text
 
 
 CHILD = """
@@ -273,13 +281,18 @@ def _child(tmp: Path, inputs: dict, config: dict, name: str) -> tuple[list[str],
 
 
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(inputs, tmp_path) -> None:
-    config = tiny_config(inputs["segments"], epochs=4, patience=4)
+    """With ``auto`` every model trains; the run is killed while the LSTM (third) trains: the rerun
+    skips the finished PatchTST and DLinear, resumes the LSTM mid-way, and ends where an
+    uninterrupted run ends."""
+    config = tiny_config(inputs["segments"], model="auto", epochs=4, patience=4)
+    config["forecaster"]["lstm_train"].update(epochs=4, patience=4, batch_size=32)
     config["checkpoint"]["every_minutes"] = 0.002  # a state every ~0.1 s, between batches
     reference_cmd, reference_out, _ = _child(tmp_path, inputs, config, "reference")
     subprocess.run(reference_cmd, check=True, capture_output=True, cwd=REPO, timeout=120)
     reference = json.loads((reference_out / "metrics.json").read_text())
 
-    cmd, out, state_dir = _child(tmp_path, inputs, config, "killed")
+    cmd, out, state_root = _child(tmp_path, inputs, config, "killed")
+    state_dir = state_root / "lstm"
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while not list(state_dir.glob("state-*.pt")) and time.monotonic() < deadline and proc.poll() is None:
@@ -292,14 +305,21 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches(inputs, tmp_path) -> N
     assert saved["batch"] > 0 or saved["epoch"] > 0
 
     rerun = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert f"resuming from epoch {saved['epoch'] + 1} batch" in rerun.stderr
+    assert f"lstm: resuming from epoch {saved['epoch'] + 1} batch" in rerun.stderr
+    assert "patchtst: resuming from epoch 5 batch 0" in rerun.stderr  # finished: not trained again
     resumed = json.loads((out / "metrics.json").read_text())
-    assert resumed["resumed_from_epoch"] is not None
-    assert resumed["best_epoch"] == reference["best_epoch"] and resumed["epochs_run"] == 4
+    assert resumed["training"]["lstm"]["resumed_from_epoch"] is not None
+    assert resumed["training"]["tcn"]["resumed_from_epoch"] is None  # not started when killed
+    assert resumed["model"] == reference["model"]
+    for model, fit in reference["training"].items():
+        for key in ("best_epoch", "epochs_run"):
+            assert resumed["training"][model][key] == fit[key], (model, key)
     for model, values in reference["models"].items():
         for key, value in values.items():
             assert resumed["models"][model][key] == pytest.approx(value, rel=1e-4), (model, key)
-    assert pl.read_csv(out / "loss.csv")["epoch"].to_list() == [1, 2, 3, 4]
+    assert resumed["per_channel"].keys() == reference["per_channel"].keys()
+    epochs = reference["training"][reference["model"]]["epochs_run"]
+    assert pl.read_csv(out / "loss.csv")["epoch"].to_list() == list(range(1, epochs + 1))
 
 
 @pytest.mark.gpu

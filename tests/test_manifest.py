@@ -85,9 +85,44 @@ def test_gaps_are_counted_within_and_across_months(tree: list[str]) -> None:
     frame = run(tree, {"manifest": {"max_gaps": 5}})
     gaps = dict(frame.select("path", "gaps").filter(pl.col("path").is_in([BTC_JAN, BTC_FEB])).iter_rows())
     assert gaps == {BTC_JAN: 3, BTC_FEB: 2}
+    listed = dict(
+        frame.select("path", "missing").filter(pl.col("path").is_in([BTC_JAN, BTC_FEB])).iter_rows()
+    )
+    three = dt.timedelta(minutes=3)
+    assert [(g["first"], g["last"], g["bars"], g["cause"]) for g in listed[BTC_JAN]] == [
+        (jan["open_time"][10], jan["open_time"][11], 2, "missing"),
+        (jan["open_time"][500], jan["open_time"][500], 1, "missing"),
+    ]
+    assert [(g["first"], g["bars"]) for g in listed[BTC_FEB]] == [(feb["open_time"][0], 2)]
+    assert listed[BTC_FEB][0]["last"] == feb["open_time"][0] + three
     message = fails(tree, {"manifest": {"max_gaps": 2}})
-    assert message.startswith(f"{BTC_JAN}: 3 missing 3m bar(s) (first after 2024-01-30T00:27:00Z)")
+    first = f"{jan['open_time'][10]:%Y-%m-%dT%H:%M:%SZ}"
+    assert message.startswith(f"{BTC_JAN}: 3 missing or outage 3m bar(s) (first missing at {first})")
     assert "(manifest check 'gaps')" in message
+
+
+def test_outage_bars_are_listed_and_counted_as_missing(tree: list[str]) -> None:
+    """Zero volume and open = high = low = close: an exchange outage, not a quiet market."""
+    jan = archive.read_klines(BTC_JAN)
+    flat = pl.int_range(pl.len()).is_between(100, 103)
+    price = pl.col("close").shift(1)
+    rewrite(
+        BTC_JAN,
+        jan.with_columns(
+            *[
+                pl.when(flat).then(price).otherwise(pl.col(c)).alias(c)
+                for c in ("open", "high", "low", "close")
+            ],
+            *[pl.when(flat).then(0.0).otherwise(pl.col(c)).alias(c) for c in ("volume", "taker_buy_volume")],
+        ),
+    )
+    frame = run(tree, {"manifest": {"max_gaps": 4}})
+    row = frame.filter(pl.col("path") == BTC_JAN).row(0, named=True)
+    assert row["gaps"] == 4
+    assert [(g["first"], g["last"], g["bars"], g["cause"]) for g in row["missing"]] == [
+        (jan["open_time"][100], jan["open_time"][103], 4, "outage")
+    ]
+    assert "first outage at" in fails(tree, {"manifest": {"max_gaps": 3}})
 
 
 def test_checksum_mismatch(tree: list[str]) -> None:

@@ -7,6 +7,7 @@ return): a TEST fixture that gives PPO something learnable in seconds, not a for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -220,6 +221,22 @@ def test_funding_charged_only_at_funding_times(inputs):
     assert (s.funding[~at_funding] == 0).all()
     assert at_funding.sum() == N_BARS // 32  # every 8 h of 15-minute bars
     assert build_series(inputs, spec, None)[0].funding.max() == 0.0
+
+
+def test_no_funding_is_charged_across_a_gap(inputs):
+    """A funding time that closes the first bar after missing bars is not charged: the position was
+    held across time nobody could trade."""
+    spec = fit_spec(inputs, 0, {"forecasts": False, "text": False}, {"dim": 2, "half_life_bars": 8})
+    whole = build_series(inputs, spec, 8)[0]
+    funding_rows = np.flatnonzero((whole.timestamp % (8 * 3_600_000)) == 0)
+    hole = int(funding_rows[len(funding_rows) // 2])  # drop the two bars before a funding time
+    dropped = whole.timestamp[[hole - 2, hole - 1]]
+    frame = inputs.frame.filter(~pl.col("timestamp").dt.epoch("ms").is_in(dropped.tolist()))
+    gapped = build_series(dataclasses.replace(inputs, frame=frame), spec, 8)[0]
+    at = int(np.searchsorted(gapped.timestamp, whole.timestamp[hole]))
+    assert whole.funding[hole] != 0.0 and gapped.funding[at] == 0.0
+    others = np.flatnonzero((gapped.timestamp % (8 * 3_600_000)) == 0)
+    assert (gapped.funding[others[others != at]] != 0).all()
 
 
 def test_text_context_has_no_look_ahead(tmp_path):

@@ -206,11 +206,10 @@ def test_no_look_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not before.filter(~known).equals(after.filter(~known))
 
 
-def test_a_bar_missing_for_one_symbol_keeps_the_others_returns_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """ETH lacks two 15m bars; BTC's rows there leave the common timeline, and BTC's next return must
-    span them: summed log returns equal log(last close / first close) for every symbol."""
+def test_no_return_spans_a_gap_of_either_symbol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ETH lacks two 15m bars; BTC's rows there leave the common timeline. The row after the hole has
+    return 0 for both symbols (nobody is credited or charged across a gap); every other return is
+    the bar's own log(close / previous close)."""
     monkeypatch.chdir(tmp_path)
     files = []
     for index, symbol in enumerate(("BTCUSDT", "ETHUSDT")):
@@ -224,12 +223,44 @@ def test_a_bar_missing_for_one_symbol_keeps_the_others_returns_whole(
     config = factory.config({"manifest": {"max_gaps": 100}})
     features = pl.read_parquet(run_stages(files, config)["features_out"])
     for symbol, rows in features.group_by("symbol"):
-        steps = rows["timestamp"].diff().dt.total_minutes().drop_nulls()
+        steps = rows["timestamp"].diff().dt.total_minutes().to_numpy()[1:]
         closes = rows["close"].to_numpy()
         returns = rows["log_return"].to_numpy()[1:]
-        np.testing.assert_allclose(returns, np.diff(np.log(closes)), rtol=1e-12, atol=1e-15)
-        assert float(returns.sum()) == pytest.approx(math.log(closes[-1] / closes[0]), rel=1e-9)
-        assert steps.max() == 45, symbol  # the hole: one row spans three 15m bars
+        assert (steps == 45).sum() == 1, symbol  # the hole: one row follows three 15m bars
+        hole = steps == 45
+        assert returns[hole][0] == 0.0, symbol
+        assert abs(np.diff(np.log(closes))[hole][0]) > 0  # there was a move to leave out
+        np.testing.assert_allclose(returns[~hole], np.diff(np.log(closes))[~hole], rtol=1e-12, atol=1e-15)
+
+
+def test_outage_bars_are_missing_bars_and_no_finer_bars_use_garman_klass() -> None:
+    """An outage bar (zero volume, flat) is dropped like a missing one, and the next bar's return is 0;
+    with 15m bars only, realized_vol is the Garman-Klass estimate and up_share, trade counts and
+    taker volumes (absent from the source) are left out, not zero-filled."""
+    fine = factory.klines(START, 1000, seed=4)
+    bars = aggregate_bars(fine, "15m", 5, prev_close=None).select(
+        "timestamp", "open", "high", "low", "close", "volume"
+    )
+    bars = bars.rename({"timestamp": "open_time"}).with_columns(pl.col("open_time") - pl.duration(minutes=15))
+    flat = pl.int_range(pl.len()).is_between(120, 123)
+    price = pl.col("close").shift(1)
+    outage = bars.with_columns(
+        *[pl.when(flat).then(price).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")],
+        pl.when(flat).then(0.0).otherwise(pl.col("volume")).alias("volume"),
+    )
+    only15 = aggregate_bars(outage, "15m", 1, prev_close=None)
+    assert only15.height == bars.height - 4
+    assert "up_share" not in only15.columns and "count" not in only15.columns
+    row = bars.row(10, named=True)
+    expected = math.sqrt(
+        0.5 * math.log(row["high"] / row["low"]) ** 2
+        - (2 * math.log(2) - 1) * math.log(row["close"] / row["open"]) ** 2
+    )
+    assert only15["realized_vol"][10] == pytest.approx(expected, rel=1e-12)
+    features = market_features(only15, None, "BTCUSDT", 900_000)
+    assert "taker_imbalance" not in features.columns and "log_trades" not in features.columns
+    after = features.filter(pl.col("timestamp") == bars["open_time"][124] + dt.timedelta(minutes=15))
+    assert after["log_return"].item() == 0.0
 
 
 def test_non_finite_feature_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,3 +89,46 @@ def test_fractions_are_floored_as_written_not_as_binary_floats() -> None:
     # 0.29 * 100 is 28.999999999999996 in binary: the documented floor(0.29 * 100) is 29.
     (fold,) = walk_forward(100, folds=1, val_fraction=0.29, test_fraction=0.29, embargo=0)
     assert (fold.test.stop - fold.test.start, fold.val.stop - fold.val.start) == (29, 29)
+
+
+def _bars(first: str, last: str) -> pl.Series:
+    return pl.datetime_range(
+        dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last), "15m", time_zone="UTC", eager=True
+    ).dt.cast_time_unit("ms")
+
+
+def test_calendar_folds_are_whole_months_anchored_at_the_last_bar() -> None:
+    """2023-01-01 .. 2024-12-31 23:45 at 15m, six one-month blocks: July .. December 2024; the same
+    settings on six more months test January .. June 2025."""
+    settings = {
+        "split": "calendar",
+        "folds": 6,
+        "embargo_bars": 16,
+        "calendar": {"test_months": 1, "val_days": 14},
+    }
+    timeline = _bars("2023-01-01 00:15", "2025-01-01 00:00")  # bar close times
+    folds = make_folds(len(timeline), settings, timeline)
+    starts = [timeline[f.test.start] for f in folds]
+    assert [f"{t:%Y-%m-%d %H:%M}" for t in starts] == [f"2024-{m:02d}-01 00:15" for m in range(7, 13)]
+    assert timeline[folds[-1].test.stop - 1] == timeline[-1]
+    assert [f.test.rows for f in folds] == [31 * 96, 31 * 96, 30 * 96, 31 * 96, 30 * 96, 31 * 96]
+    for fold in folds:
+        assert fold.val.stop + 16 == fold.test.start and fold.train.stop + 16 == fold.val.start
+        assert fold.val.rows == 14 * 96 and fold.train.start == 0
+    longer = _bars("2023-01-01 00:15", "2025-07-01 00:00")
+    later = make_folds(len(longer), settings, longer)
+    assert [f"{longer[f.test.start]:%Y-%m}" for f in later] == [f"2025-{m:02d}" for m in range(1, 7)]
+
+
+def test_calendar_blocks_before_the_data_name_the_settings() -> None:
+    settings = {
+        "split": "calendar",
+        "folds": 30,
+        "embargo_bars": 0,
+        "calendar": {"test_months": 1, "val_days": 7},
+    }
+    timeline = _bars("2023-01-01 00:15", "2025-01-01 00:00")
+    with pytest.raises(
+        DataError, match=r"^segments: 30 test blocks of 1 month\(s\) .* reach back to 2022-07-01"
+    ):
+        make_folds(len(timeline), settings, timeline)

@@ -48,6 +48,7 @@ def test_a_bad_cell_in_a_files_source_stops_acquire_and_a_fixed_file_runs(workfl
         workflow,
         {
             "source": "files",
+            "until": "embeddings",
             "files": {"path": "my_series.csv", "symbol": "load", "interval": "1h", "columns": None},
             "manifest": {"required_kinds": ["series"], "min_rows": 100},
         },

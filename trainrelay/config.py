@@ -87,7 +87,25 @@ def consistency_errors(config: dict[str, Any]) -> list[str]:
                 f"(intervals.bar), so settlements inside a bar would go uncharged; use a bar that "
                 "divides the funding interval"
             )
+    if config["until"] not in FORECASTER_ONLY_STAGES and not text_events_configured(config):
+        # Without text events the text part of the observation would be zeros posing as "no news".
+        text_on = config["policy"]["observation"]["text"]
+        ablation = "no_text" in (config["policy"]["ablations"] or [])
+        if text_on or ablation:
+            what = "policy.observation.text is true" if text_on else "policy.ablations has no_text"
+            problems.append(
+                f"config: {what} but source '{config['source']}' has no text events (events.path is null); "
+                "set policy.observation.text: false and drop no_text from policy.ablations, or give "
+                "events.path"
+            )
     return problems
+
+
+def text_events_configured(config: dict[str, Any]) -> bool:
+    """Whether the configured source brings text events (the synthetic market writes its own)."""
+    if config.get("source", "synthetic") == "synthetic":
+        return bool((config.get("synthetic") or {}).get("text_events", True))
+    return bool((config.get("events") or {}).get("path"))
 
 
 def check_config(config: dict[str, Any], schema: dict[str, Any] | None = None, source: str = "") -> None:

@@ -214,7 +214,42 @@ def _forecaster_metrics(results: Path) -> str:
         bad = [k for k in FORECAST_METRICS if not _finite((values or {}).get(k))]
         if bad:
             raise _Failed(f"forecaster.json: models.{model} has no finite {', '.join(bad)}")
-    return f"models {', '.join(sorted(models))}"
+    kept = data.get("model")
+    if kept not in models:
+        raise _Failed(f"forecaster.json: model (the kept one) is {kept!r}, not one of models")
+    reason = (data.get("selection") or {}).get("reason")
+    if not isinstance(reason, str) or not reason:
+        raise _Failed("forecaster.json: selection.reason (why the kept model was kept) is missing")
+    _forecaster_channels(data, models)
+    return f"models {', '.join(sorted(models))}; kept {kept} ({reason})"
+
+
+def _forecaster_channels(data: dict[str, Any], models: dict[str, Any]) -> None:
+    """Every model has a finite val/test MSE per channel; QLIKE on the vol channel and directional
+    accuracy on the return channel exist (null only with a recorded reason)."""
+    table = data.get("per_channel")
+    channels = data.get("channels")
+    if not isinstance(table, dict) or not isinstance(channels, list):
+        raise _Failed("forecaster.json: per_channel (models x channels x split x metric) is missing")
+    required = {data.get("vol_channel"): "qlike", data.get("return_channel"): "direction_accuracy"}
+    for model in list(models) + [m for m in table if m not in models]:
+        own = table.get(model)
+        if not isinstance(own, dict):
+            raise _Failed(f"forecaster.json: per_channel.{model} is missing")
+        # a torch model forecasts every channel; a baseline (HAR-RV, zero) only its own
+        for channel in channels if model in models else list(own):
+            entry = own.get(channel) or {}
+            unavailable = entry.get("unavailable") or {}
+            for split in ("val", "test"):
+                values = entry.get(split) or {}
+                if not _finite(values.get("mse")):
+                    raise _Failed(f"forecaster.json: per_channel.{model}.{channel}.{split} has no finite mse")
+                extra = required.get(channel)
+                if extra and not _finite(values.get(extra)) and extra not in unavailable:
+                    raise _Failed(
+                        f"forecaster.json: per_channel.{model}.{channel}.{split}.{extra} is missing "
+                        "and no reason is recorded"
+                    )
 
 
 def _policy_checkpoint(results: Path) -> str:

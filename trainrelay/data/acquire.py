@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from trainrelay.data import binance, files_source, synthetic
+from trainrelay.data import binance, files_source, freqtrade, synthetic
 from trainrelay.data.events import EVENTS_RELPATH, empty_events, normalise_events, write_events
 from trainrelay.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "binance", "files")
+SOURCES = ("synthetic", "binance", "files", "freqtrade")
 
 
 def _source(config: dict) -> str:
@@ -41,6 +41,8 @@ def raw_targets(config: dict) -> list[str]:
         return synthetic.synthetic_relpaths(config)
     if source == "binance":
         paths = binance.binance_relpaths(config)
+    elif source == "freqtrade":
+        paths = freqtrade.freqtrade_relpaths(config)
     else:
         paths = [files_source.series_relpath(config["files"]["symbol"])]
     return sorted([*paths, EVENTS_RELPATH])
@@ -64,7 +66,13 @@ def acquire(config: dict, raw_root: str | Path) -> None:
             log.warning("events.path is ignored with source: synthetic, which writes its own headlines")
         synthetic.generate(config, raw_root)
     elif source == "binance":
-        binance.download(config, raw_root)
+        if config["binance"].get("archive_dir"):
+            binance.copy_local(config, raw_root)
+        else:
+            binance.download(config, raw_root)
+        _user_events(config, raw_root)
+    elif source == "freqtrade":
+        freqtrade.acquire_freqtrade(config, raw_root)
         _user_events(config, raw_root)
     else:
         files_source.acquire_files(config["files"], raw_root)

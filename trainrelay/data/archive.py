@@ -7,6 +7,11 @@ Binance's own folder structure. Demo and real data therefore share one parsing p
 Binance has changed its CSVs over time: older archives have no header row, newer futures
 archives have one, and spot archives from 2025 carry microsecond timestamps. The readers here
 accept all of them and normalise to millisecond UTC datetimes.
+
+The ``freqtrade`` source writes one unsplit ``.parquet`` per symbol and interval instead of monthly
+zips (see :mod:`trainrelay.data.freqtrade`); :func:`read_klines` and :func:`read_funding` read those
+too and return only the columns the file holds (freqtrade keeps no quote volume, trade count or
+taker volumes, and nothing here invents them).
 """
 
 from __future__ import annotations
@@ -191,9 +196,78 @@ def _locate_csv_problem(
     return None
 
 
+# The columns a kline or funding parquet must have; the other Binance columns are optional there.
+PARQUET_KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
+PARQUET_FUNDING_COLUMNS = ["calc_time", "last_funding_rate"]
+_TIME_COLUMNS = ("open_time", "close_time", "calc_time")
+
+
+def parquet_problem(path: str | Path, required: list[str]) -> str | None:
+    """Why the parquet at ``path`` is not a table with ``required`` columns (None when it is one).
+
+    Reads only the schema: the manifest calls it to name its 'columns' check before reading rows.
+    """
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"not a readable parquet file ({message})"
+    missing = [c for c in required if c not in schema]
+    if missing:
+        have = ", ".join(schema) or "no columns"
+        return f"not a {_table_kind(required)} table: missing column(s) {', '.join(missing)} (has {have})"
+    for name in required:
+        dtype = schema[name]
+        if name in _TIME_COLUMNS:
+            if not (isinstance(dtype, pl.Datetime) or dtype.is_integer()):
+                return f"column '{name}' is {dtype}, not a datetime or epoch milliseconds"
+        elif not dtype.is_numeric():
+            return f"column '{name}' is {dtype}, not a number"
+    return None
+
+
+def _table_kind(required: list[str]) -> str:
+    return "candle" if required == PARQUET_KLINE_COLUMNS else "funding-rate"
+
+
+def _read_parquet(path: Path, required: list[str], optional: list[str]) -> pl.DataFrame:
+    """The ``required`` columns, then whichever of ``optional`` the file has, normalised."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; run the acquire rule first")
+    problem = parquet_problem(path, required)
+    if problem:
+        raise DataError(f"{path}: {problem}; delete it and re-run acquire")
+    frame = pl.read_parquet(path)
+    columns = [*required, *(c for c in optional if c in frame.columns and c not in required)]
+    frame = frame.select(columns)
+    casts = []
+    for name in columns:
+        dtype = frame.schema[name]
+        if name in _TIME_COLUMNS:
+            if isinstance(dtype, pl.Datetime):
+                stamp = pl.col(name)
+                # A naive datetime is read as UTC, as everything the sources write is UTC.
+                stamp = stamp.dt.replace_time_zone("UTC") if dtype.time_zone is None else stamp
+                casts.append(stamp.dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+            else:
+                casts.append(_to_datetime_ms(name))
+        elif name in ("count", "funding_interval_hours"):
+            casts.append(pl.col(name).cast(pl.Int64))
+        else:
+            casts.append(pl.col(name).cast(pl.Float64))
+    return frame.with_columns(casts)
+
+
 def read_klines(zip_path: str | Path) -> pl.DataFrame:
-    """Read one kline archive; timestamps become Datetime(ms, UTC), prices Float64."""
+    """Read one kline archive (or kline parquet); timestamps become Datetime(ms, UTC), prices Float64.
+
+    A ``.parquet`` gives open_time, open, high, low, close, volume plus only those of Binance's
+    other columns that it holds.
+    """
     zip_path = Path(zip_path)
+    if zip_path.suffix == ".parquet":
+        optional = [c for c in KLINE_COLUMNS if c != "ignore"]
+        return _read_parquet(zip_path, PARQUET_KLINE_COLUMNS, optional)
     dtypes = {c: pl.Float64 for c in KLINE_COLUMNS}
     dtypes.update({"open_time": pl.Int64, "close_time": pl.Int64, "count": pl.Int64, "ignore": pl.Float64})
     frame = _read_csv(zip_path, KLINE_COLUMNS, dtypes)
@@ -202,8 +276,13 @@ def read_klines(zip_path: str | Path) -> pl.DataFrame:
 
 
 def read_funding(zip_path: str | Path) -> pl.DataFrame:
-    """Read one funding-rate archive: calc_time (Datetime ms UTC), interval hours, rate."""
+    """Read one funding-rate archive: calc_time (Datetime ms UTC), interval hours, rate.
+
+    A ``.parquet`` gives calc_time and last_funding_rate (plus funding_interval_hours if it has it).
+    """
     zip_path = Path(zip_path)
+    if zip_path.suffix == ".parquet":
+        return _read_parquet(zip_path, PARQUET_FUNDING_COLUMNS, FUNDING_COLUMNS)
     dtypes = {"calc_time": pl.Int64, "funding_interval_hours": pl.Int64, "last_funding_rate": pl.Float64}
     frame = _read_csv(zip_path, FUNDING_COLUMNS, dtypes)
     return frame.with_columns(_to_datetime_ms("calc_time"))

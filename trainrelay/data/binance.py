@@ -5,10 +5,15 @@ the zip through a ``.part`` file that a later run resumes with an HTTP Range req
 sha256 and only then renames it into place. Files already present whose checksum verifies are
 skipped. Connection errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff and
 jitter; any other 4xx is final (404: Binance has no such symbol/interval/month).
+
+With ``binance.archive_dir`` set, :func:`copy_local` takes the same files from a folder of archives
+downloaded earlier (Binance's own ``data/<market>/monthly/...`` tree) instead: every zip is checked
+against the ``.CHECKSUM`` beside it before any is copied, so a bad archive leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -20,7 +25,7 @@ from typing import TypeVar
 
 import requests
 
-from trainrelay.atomic import write_text
+from trainrelay.atomic import write_bytes, write_text
 from trainrelay.data import archive
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import file_sha256
@@ -241,3 +246,61 @@ def download(config: dict, raw_root: str | Path, backoff_seconds: float = 1.0) -
     files = remote_files(config)
     fetched = sum(downloader.fetch(remote, raw_root) for remote in files)
     log.info("binance: %d file(s) downloaded, %d already present", fetched, len(files) - fetched)
+
+
+def copy_local(config: dict, raw_root: str | Path) -> None:
+    """Copy every configured archive and its .CHECKSUM from ``binance.archive_dir`` into ``raw_root``.
+
+    The folder holds Binance's layout (``data/futures/um/monthly/klines/BTCUSDT/15m/...zip``, as
+    data.binance.vision and Binance's download scripts lay it out). All zips are verified first:
+    a missing zip or .CHECKSUM, or a mismatch, raises DataError naming the file before any is copied.
+    """
+    folder = Path(config["binance"]["archive_dir"])
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: folder not found (binance.archive_dir); set it to the folder holding Binance's "
+            "data/<market>/monthly/... tree (relative paths start at the workdir), or to null to download"
+        )
+    files = remote_files(config)
+    verified = [(remote, *_verified_local(folder, remote)) for remote in files]
+    copied = 0
+    for remote, source, checksum_text, expected in verified:
+        target = Path(raw_root) / remote.relpath
+        present = target.is_file() and archive.checksum_path(target).is_file()
+        if present and file_sha256(target) == expected:
+            continue
+        data = source.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:  # it changed since it was verified
+            raise DataError(f"{source}: changed while being copied (checksum mismatch); run acquire again")
+        write_bytes(target, data)
+        write_text(archive.checksum_path(target), checksum_text)
+        copied += 1
+    log.info("binance: %d archive(s) copied from %s, %d already present", copied, folder, len(files) - copied)
+
+
+def _verified_local(folder: Path, remote: RemoteFile) -> tuple[Path, str, str]:
+    """``folder/remote.relpath``, its .CHECKSUM text and sha256, after checking the zip against it."""
+    source = folder / remote.relpath
+    if not source.is_file():
+        raise DataError(
+            f"{source}: not found: binance.archive_dir has no {remote.describe()}; put the archive and "
+            "its .CHECKSUM there, or fix binance.symbols, months, market or intervals"
+        )
+    check = archive.checksum_path(source)
+    if not check.is_file():
+        raise DataError(
+            f"{check}: missing, so {source.name} cannot be verified; put Binance's .CHECKSUM file beside it "
+            "(data.binance.vision has one for every archive)"
+        )
+    try:
+        checksum_text = check.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{check}: unreadable checksum file ({exc}); download it again") from None
+    expected = _parse_checksum(checksum_text, str(check))
+    actual = file_sha256(source)
+    if actual != expected:
+        raise DataError(
+            f"{source}: checksum mismatch with {check.name} (expected {expected[:12]}…, got {actual[:12]}…); "
+            "the archive is corrupt or incomplete: download it again"
+        )
+    return source, checksum_text, expected

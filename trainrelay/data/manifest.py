@@ -14,13 +14,14 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
 
 from trainrelay import atomic
-from trainrelay.data import archive
+from trainrelay.data import archive, features, freqtrade
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import file_sha256
 
@@ -42,13 +43,25 @@ MANIFEST_SCHEMA = {
     "rows": pl.Int64,
     "first_ts": pl.Datetime("ms", "UTC"),
     "last_ts": pl.Datetime("ms", "UTC"),
-    "gaps": pl.Int64,
+    "gaps": pl.Int64,  # bars missing or written during an outage (the sum over ``missing``)
+    "missing": pl.List(
+        pl.Struct(
+            {
+                "first": pl.Datetime("ms", "UTC"),
+                "last": pl.Datetime("ms", "UTC"),
+                "bars": pl.Int64,
+                "cause": pl.String,
+            }
+        )
+    ),
     "bytes": pl.Int64,
     "sha256": pl.String,
 }
 
-_KLINE_RE = re.compile(r"/klines/([A-Z0-9_]+)/([0-9]+[mhd])/\1-\2-([0-9]{4}-[0-9]{2})\.zip$")
-_FUNDING_RE = re.compile(r"/fundingRate/([A-Z0-9_]+)/\1-fundingRate-([0-9]{4}-[0-9]{2})\.zip$")
+# Monthly zips (binance, synthetic) carry their month; the freqtrade source's one parquet per series
+# has none (month None).
+_KLINE_RE = re.compile(r"/klines/([A-Z0-9_]+)/([0-9]+[mhd])/\1-\2(?:-([0-9]{4}-[0-9]{2})\.zip|\.parquet)$")
+_FUNDING_RE = re.compile(r"/fundingRate/([A-Z0-9_]+)/\1-fundingRate(?:-([0-9]{4}-[0-9]{2})\.zip|\.parquet)$")
 _SERIES_RE = re.compile(r"(?:^|/)series/([A-Za-z0-9_]+)\.parquet$")
 _EVENTS_RE = re.compile(r"(?:^|/)events/events\.csv$")
 
@@ -119,6 +132,8 @@ def configured_symbols(config: dict[str, Any]) -> list[str]:
     source = config["source"]
     if source == "files":
         return [config["files"]["symbol"]]
+    if source == "freqtrade":
+        return freqtrade.symbols(config)
     return list(config[source]["symbols"])
 
 
@@ -157,8 +172,27 @@ def _check_order(raw: RawFile, ts: pl.Series, previous_last: Any) -> None:
         raise _fail(raw.path, f"timestamps not strictly increasing at row {row}", "monotonic")
 
 
-def _count_gaps(raw: RawFile, ts: pl.Series, previous_last: Any, max_gaps: int) -> int:
-    """Missing bars between consecutive timestamps, including the step from the previous file."""
+def _stretches(ts: pl.Series, flags: pl.Series) -> list[tuple[Any, Any, int]]:
+    """(first, last, count) of each run of consecutive True ``flags`` along ``ts``."""
+    runs = (
+        pl.DataFrame({"ts": ts, "flag": flags})
+        .with_columns((pl.col("flag") != pl.col("flag").shift(1)).fill_null(True).cum_sum().alias("run"))
+        .filter(pl.col("flag"))
+        .group_by("run", maintain_order=True)
+        .agg(pl.col("ts").first().alias("first"), pl.col("ts").last().alias("last"), pl.len().alias("n"))
+    )
+    return [(row["first"], row["last"], int(row["n"])) for row in runs.iter_rows(named=True)]
+
+
+def missing_bars(
+    raw: RawFile, frame: pl.DataFrame, ts: pl.Series, previous_last: Any, max_gaps: int
+) -> list[dict[str, Any]]:
+    """Every stretch of missing bars of a bar file, including the step from the previous file.
+
+    Two causes: ``missing`` (no bar at that time) and ``outage`` (a kline with zero volume and
+    open = high = low = close, what the exchange writes while nothing can trade; the segments
+    stage drops those like missing bars). Both count against ``manifest.max_gaps``.
+    """
     step = archive.INTERVAL_MS[raw.interval]
     stamps = ts if previous_last is None else pl.concat([pl.Series([previous_last], dtype=ts.dtype), ts])
     diff = stamps.diff().dt.total_milliseconds().drop_nulls()
@@ -168,17 +202,32 @@ def _count_gaps(raw: RawFile, ts: pl.Series, previous_last: Any, max_gaps: int) 
         seconds = int(diff[hit - 1]) // 1000
         problem = f"bars {seconds} s apart at row {row}, closer than the interval {raw.interval}"
         raise _fail(raw.path, problem, "interval")
-    gaps = int((diff // step - 1).sum())
-    if gaps > max_gaps:
-        first = _first_bad_row(diff > step)
-        at = stamps[first - 1] if first is not None else None
-        problem = f"{gaps} missing {raw.interval} bar(s) (first after {_fmt(at)})"
+    stretches = []
+    for at in (diff > step).arg_true().to_list():
+        count = int(diff[at]) // step - 1
+        first = stamps[at] + timedelta(milliseconds=step)
+        stretches.append({"first": first, "last": first + timedelta(milliseconds=step * (count - 1)),
+                          "bars": count, "cause": "missing"})  # fmt: skip
+    if raw.kind == "klines":
+        outage = features.is_outage(frame)
+        for first, last, count in _stretches(ts, outage):
+            stretches.append({"first": first, "last": last, "bars": count, "cause": "outage"})
+    stretches.sort(key=lambda g: g["first"])
+    total = sum(g["bars"] for g in stretches)
+    if total > max_gaps:
+        first = stretches[0]
+        cause, at = first["cause"], _fmt(first["first"])
+        problem = f"{total} missing or outage {raw.interval} bar(s) (first {cause} at {at})"
         raise _fail(raw.path, f"{problem}, more than manifest.max_gaps={max_gaps}", "gaps")
-    return gaps
+    return stretches
 
 
 def _read_frame(raw: RawFile) -> tuple[pl.DataFrame, str, list[str]]:
     """The file's rows, its timestamp column and its numeric value columns."""
+    if raw.kind in ("klines", "funding") and raw.path.suffix == ".parquet":
+        required = archive.PARQUET_KLINE_COLUMNS if raw.kind == "klines" else archive.PARQUET_FUNDING_COLUMNS
+        if problem := archive.parquet_problem(raw.path, required):
+            raise _fail(raw.path, problem, "columns")
     if raw.kind == "klines":
         frame = archive.read_klines(raw.path)
         numeric = [c for c in frame.columns if c not in ("open_time", "close_time")]
@@ -249,11 +298,12 @@ def inspect_file(raw: RawFile, previous_last: Any, max_gaps: int) -> dict[str, A
         raise _fail(raw.path, "no data rows", "empty")
     _check_numeric(raw, frame, [ts_column, *numeric])
     ts = frame.get_column(ts_column)
-    gaps = None
+    gaps, missing = None, None
     if raw.kind != "events":
         _check_order(raw, ts, previous_last)
         if raw.kind in BAR_KINDS:
-            gaps = _count_gaps(raw, ts, previous_last, max_gaps)
+            missing = missing_bars(raw, frame, ts, previous_last, max_gaps)
+            gaps = sum(g["bars"] for g in missing)
     return {
         "path": raw.rel,
         "kind": raw.kind,
@@ -264,6 +314,7 @@ def inspect_file(raw: RawFile, previous_last: Any, max_gaps: int) -> dict[str, A
         "first_ts": ts.min() if frame.height else None,
         "last_ts": ts.max() if frame.height else None,
         "gaps": gaps,
+        "missing": missing,
         "bytes": raw.path.stat().st_size,
         "sha256": sha256,
     }
@@ -276,11 +327,14 @@ def _required(config: dict[str, Any]) -> tuple[list[str], list[str], str]:
     kinds = list(settings["required_kinds"])
     source = config["source"]
     offered = {"files": {"series", "events"}}.get(source, {"klines", "funding", "events"})
+    if source == "freqtrade" and not freqtrade.has_funding(config):
+        offered = {"klines", "events"}
     wrong = [k for k in kinds if k not in offered]
     if wrong:
+        qualifier = " with these freqtrade.trading_mode/funding settings" if source == "freqtrade" else ""
         raise ConfigError(
             f"config: manifest.required_kinds has {', '.join(wrong)}, which source '{source}' does not "
-            f"provide; use a subset of {sorted(offered)}"
+            f"provide{qualifier}; use a subset of {sorted(offered)}"
         )
     interval = config["files"]["interval"] if source == "files" else config["intervals"]["fine"]
     return symbols, kinds, interval
@@ -329,7 +383,9 @@ def build_manifest(
 ) -> pl.DataFrame:
     """Check every raw file and write ``base_manifest.parquet`` (one row per file, sorted by path)."""
     max_gaps = config["manifest"]["max_gaps"]
-    files = [classify(p, config, raw_root) for p in raw_files if not str(p).endswith(".CHECKSUM")]
+    # Checksums are checked with their zips; SOURCE.json is the freqtrade source's provenance note.
+    skipped = (".CHECKSUM", f"/{freqtrade.PROVENANCE_NAME}")
+    files = [classify(p, config, raw_root) for p in raw_files if not Path(p).as_posix().endswith(skipped)]
     # Months in order within each series so that order and gaps are checked across month boundaries.
     files.sort(key=lambda f: (f.kind, f.symbol or "", f.interval or "", f.month or "", f.rel))
     records: list[dict[str, Any]] = []
@@ -340,7 +396,7 @@ def build_manifest(
         if record["last_ts"] is not None:
             last_seen[key] = record["last_ts"]
         records.append(record)
-        gaps = "" if record["gaps"] is None else f", {record['gaps']} missing bar(s)"
+        gaps = "" if record["gaps"] is None else f", {record['gaps']} missing or outage bar(s)"
         log.info("%s: %d rows%s", raw.rel, record["rows"], gaps)
     frame = pl.DataFrame(records, schema=MANIFEST_SCHEMA).sort("path")
     _check_presence(frame, raw_root, config)

@@ -21,7 +21,14 @@ import pyarrow.parquet as pq
 
 from trainrelay import atomic
 from trainrelay.data import archive
-from trainrelay.data.features import aggregate_bars, bar_steps, market_features, series_features
+from trainrelay.data.features import (
+    MARKET_FEATURES,
+    aggregate_bars,
+    bar_steps,
+    is_outage,
+    market_features,
+    series_features,
+)
 from trainrelay.data.manifest import read_series
 from trainrelay.data.scaling import RunningMoments
 from trainrelay.data.splits import Fold, make_folds, metadata_frame
@@ -38,10 +45,13 @@ def _symbol_bars(manifest: pl.DataFrame, symbol: str, fine: str, bar: str) -> pl
     ).sort("month", "path")
     chunks = []
     prev_close: float | None = None
+    prev_open_time = None
     for path in months.get_column("path"):
         fine_bars = archive.read_klines(path)
-        chunks.append(aggregate_bars(fine_bars, bar, steps, prev_close))
-        prev_close = fine_bars.get_column("close")[-1]
+        chunks.append(aggregate_bars(fine_bars, bar, steps, prev_close, prev_open_time))
+        traded = fine_bars.filter(~is_outage(fine_bars))  # an outage bar's close is no price
+        if traded.height:
+            prev_close, prev_open_time = traded.get_column("close")[-1], traded.get_column("open_time")[-1]
     return pl.concat(chunks)
 
 
@@ -70,6 +80,12 @@ def market_frames(
             f"manifest has no {fine} klines (segments check 'inputs'); set intervals.fine to the interval "
             "acquire downloads or re-run acquire"
         )
+    if bar_steps(fine, bar) == 1:
+        log.info(
+            "segments: no bars finer than %s (intervals.fine = intervals.bar): realized_vol is the "
+            "Garman-Klass estimate of each bar's OHLC and up_share is left out",
+            bar,
+        )
     with_funding = set(manifest.filter(pl.col("kind") == "funding").get_column("symbol").to_list())
     if with_funding and not with_funding.issuperset(symbols):
         lacking = ", ".join(s for s in symbols if s not in with_funding)
@@ -79,9 +95,19 @@ def market_frames(
         )
     for symbol in symbols:
         frame = market_features(
-            _symbol_bars(manifest, symbol, fine, bar), _symbol_funding(manifest, symbol), symbol
+            _symbol_bars(manifest, symbol, fine, bar),
+            _symbol_funding(manifest, symbol),
+            symbol,
+            archive.INTERVAL_MS[bar],
         )
-        yield symbol, frame, [c for c in frame.columns if c not in ("timestamp", "symbol", "close")]
+        names = [c for c in frame.columns if c not in ("timestamp", "symbol", "close")]
+        if absent := [
+            n for n in MARKET_FEATURES if n not in names and n != "funding_rate" and n != "up_share"
+        ]:
+            log.info(
+                "%s: %s left out: the source has no taker volume or trade count", symbol, ", ".join(absent)
+            )
+        yield symbol, frame, names
 
 
 def series_frames(manifest: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame, list[str]]]:
@@ -145,22 +171,21 @@ def _check_folds(folds: list[Fold], timeline: pl.Series) -> None:
                 )
 
 
-def returns_between_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """``log_return`` between consecutive rows of the common timeline.
+def returns_without_gaps(frame: pl.DataFrame, bar_ms: int) -> pl.DataFrame:
+    """``log_return`` 0 on every row that follows a gap in the common timeline.
 
-    Features are computed on each symbol's own bars; where another symbol's gap removed a bar from
-    the common timeline, the next row's return must span both bars, or that price move vanishes
-    from every reward and backtest (which compound ``log_return`` row by row). The first row keeps
-    its return from the bar before it. Where no bar was removed this is the same value.
+    Features are computed on each symbol's own bars, where the first bar after the symbol's own
+    gap already has return 0. Where another symbol's gap removed rows from the common timeline,
+    the next row's return would span the removed bars; it is set to 0 too, so no return, reward or
+    backtest step spans a gap and nobody is charged or credited for a move nobody could trade.
+    Where no bar was removed the frame is unchanged.
     """
-    if "log_return" not in frame.columns or "close" not in frame.columns:
+    if "log_return" not in frame.columns:
         return frame  # a series without prices (ETT) has no returns
-    previous = pl.col("close").shift(1)
+    epoch = pl.col("timestamp").dt.epoch("ms")
+    after_gap = (epoch - epoch.shift(1)) > bar_ms
     return frame.with_columns(
-        pl.when(previous.is_null())
-        .then(pl.col("log_return"))
-        .otherwise((pl.col("close") / previous).log())
-        .alias("log_return")
+        pl.when(after_gap).then(0.0).otherwise(pl.col("log_return")).alias("log_return")
     )
 
 
@@ -180,6 +205,8 @@ def build_segments(
     manifest = local_paths(pl.read_parquet(manifest_path), raw_files)
     settings = config["segments"]
     frames = series_frames(manifest) if config["source"] == "files" else market_frames(manifest, config)
+    interval = config["files"]["interval"] if config["source"] == "files" else config["intervals"]["bar"]
+    bar_ms = archive.INTERVAL_MS[interval]
     features_out = Path(features_out)
     features_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-segments-", dir=features_out.parent) as scratch:
@@ -198,7 +225,7 @@ def build_segments(
             timeline = _common_timeline(timeline, frame.get_column("timestamp"))
             log.info("%s: %d bars after warm-up", symbol, frame.height)
         assert timeline is not None and names is not None  # the frame generators raise when empty
-        folds = make_folds(len(timeline), settings)
+        folds = make_folds(len(timeline), settings, timeline)
         _check_folds(folds, timeline)
         moments = {fold.fold: RunningMoments(names) for fold in folds}
         with atomic.atomic_path(features_out) as tmp:
@@ -207,7 +234,7 @@ def build_segments(
                 frame = pl.read_parquet(part).filter(pl.col("timestamp").is_in(timeline.implode()))
                 # Unique sorted timestamps per symbol: after the filter, row i is timeline[i].
                 assert frame.height == len(timeline)
-                frame = returns_between_rows(frame)
+                frame = returns_without_gaps(frame, bar_ms)
                 log.info("%s: %d bars on the common timeline", symbol, frame.height)
                 for fold in folds:
                     moments[fold.fold].add(frame.slice(0, fold.train.stop).select(names))

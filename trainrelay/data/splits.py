@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import polars as pl
@@ -105,9 +106,61 @@ def fixed_split(n: int, train_rows: int, val_rows: int, test_rows: int, embargo:
     return [Fold(0, train, val, test)]
 
 
-def make_folds(n: int, settings: dict[str, Any]) -> list[Fold]:
-    """Folds over ``n`` bars from the config's ``segments`` section."""
+def calendar_folds(
+    timeline: pl.Series, folds: int, test_months: int, val_days: float, embargo: int
+) -> list[Fold]:
+    """Walk-forward folds whose test blocks are ``test_months`` calendar months, anchored at the end.
+
+    The last bar closes block ``folds - 1``; each block reaches back ``test_months`` months from
+    the end of the one after it (calendar months: a block is 28 to 31 days per month), so the same
+    settings on a longer data set test its latest months. Fold k's val block is the bars of the
+    ``val_days`` days that end ``embargo`` bars before its test block; its train block is
+    everything up to ``embargo`` bars before its val block (expanding window).
+    """
+    if len(timeline) == 0:
+        raise DataError("segments: the common timeline is empty; acquire data")
+    end = timeline.tail(1)
+    edges = [
+        end.dt.offset_by(f"-{test_months * (folds - k)}mo").item() if k < folds else end.item()
+        for k in range(folds + 1)
+    ]
+    if edges[0] <= timeline[0]:
+        raise DataError(
+            f"segments: {folds} test blocks of {test_months} month(s) (segments.folds x "
+            f"segments.calendar.test_months) reach back to {edges[0]:%Y-%m-%d}, before the first bar "
+            f"({timeline[0]:%Y-%m-%d}); lower them or acquire more data"
+        )
+    # Row i belongs to block k when edges[k] < timeline[i] <= edges[k + 1].
+    bounds = [int(timeline.search_sorted(edge, side="right")) for edge in edges]
+    result = []
+    for k in range(folds):
+        test = Span(bounds[k], bounds[k + 1])
+        val_stop = test.start - embargo
+        if val_stop < 1:
+            raise DataError(f"segments: fold {k} has no bars before its test block; acquire more data")
+        val_from = timeline[val_stop - 1] - timedelta(days=val_days)
+        val = Span(int(timeline.search_sorted(val_from, side="right")), val_stop)
+        train = Span(0, val.start - embargo)
+        if train.stop < 1 or val.rows < 1 or test.rows < 1:
+            raise DataError(
+                f"segments: fold {k} has an empty train, val or test block (segments.calendar, "
+                f"segments.embargo_bars={embargo}); lower them or acquire more data"
+            )
+        result.append(Fold(k, train, val, test))
+    return result
+
+
+def make_folds(n: int, settings: dict[str, Any], timeline: pl.Series | None = None) -> list[Fold]:
+    """Folds over ``n`` bars from the config's ``segments`` section (``timeline``: the bar close
+    times, needed by ``split: calendar``)."""
     embargo = settings["embargo_bars"]
+    if settings["split"] == "calendar":
+        if timeline is None:
+            raise ValueError("split: calendar needs the timeline")
+        calendar = settings["calendar"]
+        return calendar_folds(
+            timeline, settings["folds"], calendar["test_months"], calendar["val_days"], embargo
+        )
     if settings["split"] == "fixed":
         rows = settings["fixed"]
         return fixed_split(n, rows["train_rows"], rows["val_rows"], rows["test_rows"], embargo)

@@ -1,8 +1,10 @@
 """One small interface for every forecaster: ``fit`` / ``predict`` / ``get_state`` / ``load_state``.
 
 All models are torch modules mapping scaled float32 ``[batch, lookback, channels]`` to
-``[batch, horizon, channels]``, so the naive baseline, DLinear and PatchTST share training,
-evaluation, checkpoints and ONNX export. ``build_forecaster`` makes one by name.
+``[batch, horizon, channels]``, so the naive baseline, DLinear, PatchTST, the LSTM and the TCN share
+training, evaluation, checkpoints and ONNX export. ``build_module`` makes one by name. The
+volatility and return baselines that are not torch modules (HAR-RV, the zero forecast) live in
+:mod:`trainrelay.forecast.baselines`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import ConfigError
 from trainrelay.forecast.dlinear import DLinear, DLinearParams
+from trainrelay.forecast.lstm import LSTMForecaster, LSTMParams
 from trainrelay.forecast.naive import LastValue
 from trainrelay.forecast.patchtst import PatchTST, PatchTSTParams
+from trainrelay.forecast.tcn import TCN, TCNParams
 from trainrelay.forecast.training import FitResult, TrainSettings, evaluate, fit_module
 from trainrelay.forecast.windows import WindowSet
 
-MODELS = ("patchtst", "dlinear", "naive")
+MODELS = ("patchtst", "dlinear", "lstm", "tcn", "naive")
+# What `forecaster.model: auto` chooses among: every model with weights to learn. The naive last
+# value is the yardstick (`beats_naive`), not a candidate.
+TRAINABLE = ("patchtst", "dlinear", "lstm", "tcn")
 
 
 def build_module(
@@ -34,6 +41,10 @@ def build_module(
             return PatchTST(lookback, horizon, n_channels, PatchTSTParams(**hparams))
         if name == "dlinear":
             return DLinear(lookback, horizon, n_channels, DLinearParams(**hparams))
+        if name == "lstm":
+            return LSTMForecaster(lookback, horizon, n_channels, LSTMParams(**hparams))
+        if name == "tcn":
+            return TCN(lookback, horizon, n_channels, TCNParams(**hparams))
         if name == "naive":
             return LastValue(lookback, horizon, n_channels)
     except TypeError as exc:  # an unknown hyperparameter name

@@ -1,10 +1,15 @@
 """The ``train_forecaster`` stage: train on fold ``forecaster.fold``, resumable, and score baselines.
 
-Trains ``forecaster.model`` (PatchTST by default) on the fold's train split with early stopping on
-its val split, scores it and both other models (DLinear and the naive last value) on val and test,
-and writes ``checkpoints/forecaster.pt``, ``artifacts/loss/forecaster.csv`` and
-``metrics/forecaster.json``. Mid-training state goes to ``<state_dir>/train_forecaster/`` and is
-resumed only when the fingerprint of (forecaster + segments config, seed, features sha256) matches.
+Trains every torch model (PatchTST, DLinear, LSTM, TCN; the naive last value has nothing to learn)
+on the fold's train split with early stopping on its val split, scores each on val and test —
+overall and per channel — next to the non-torch baselines (HAR-RV for the volatility channel, the
+zero forecast for the return channel), and keeps one: with ``forecaster.model: auto`` the trained
+model with the lowest validation MSE (all channels, scaled), otherwise the named one. Writes
+``checkpoints/forecaster.pt`` (the kept model), ``artifacts/loss/forecaster.csv`` (its history)
+and ``metrics/forecaster.json``. Each trainable model keeps its mid-training state in
+``<state_dir>/train_forecaster/<model>/``, resumed only when the fingerprint of (that model's
+sections, shape, channels, segments config, seed, features sha256) matches — so a killed run
+resumes the model it was training and skips the ones it finished.
 """
 
 from __future__ import annotations
@@ -20,43 +25,126 @@ import torch
 from trainrelay.atomic import atomic_path, write_json
 from trainrelay.checkpointing import StateStore, TimeBudget
 from trainrelay.devices import resolve_device
-from trainrelay.errors import DataError
+from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import config_fingerprint, file_sha256
-from trainrelay.forecast.base import MODELS, Forecaster
+from trainrelay.forecast import baselines
+from trainrelay.forecast import metrics as fm
+from trainrelay.forecast.base import MODELS, TRAINABLE, Forecaster
 from trainrelay.forecast.checkpoint import save_forecaster
 from trainrelay.forecast.inputs import load_fold
-from trainrelay.forecast.training import FitResult, TrainSettings
+from trainrelay.forecast.training import FitResult, TrainSettings, overall_errors, predict_windows
+from trainrelay.forecast.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
-
-
-def training_fingerprint(config: dict[str, Any], features_path: str | Path) -> str:
-    """What must be equal for saved state to be resumed (not checkpoint timing or device)."""
-    return config_fingerprint(
-        {
-            "forecaster": config["forecaster"],
-            "segments": config["segments"],
-            "seed": config["seed"],
-            "features_sha256": file_sha256(features_path),
-        }
-    )
+SPLITS = ("val", "test")
 
 
 def _hparams(fc: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(fc.get(name) or {}) if name != "naive" else {}
 
 
+def _train_key(name: str) -> str:
+    return "train" if name == "patchtst" else f"{name}_train"
+
+
 def _settings(fc: dict[str, Any], name: str) -> TrainSettings:
-    key = "train" if name == "patchtst" else f"{name}_train"
+    key = _train_key(name)
     return TrainSettings.from_config(fc.get(key) or fc["train"], f"forecaster.{key}")
+
+
+def training_fingerprint(
+    config: dict[str, Any], features_sha256: str, model: str, channels: list[str]
+) -> str:
+    """What must be equal for ``model``'s saved state to be resumed (not checkpoint timing or
+    device). Per model: changing the LSTM's settings does not throw away PatchTST's state."""
+    fc = config["forecaster"]
+    return config_fingerprint(
+        {
+            "model": model,
+            "hparams": _hparams(fc, model),
+            "train": fc.get(_train_key(model)) or fc["train"],
+            "shape": {"lookback": fc["lookback"], "horizon": fc["horizon"], "fold": fc["fold"]},
+            "channels": channels,
+            "segments": config["segments"],
+            "seed": config["seed"],
+            "features_sha256": features_sha256,
+        }
+    )
 
 
 def write_loss_csv(path: str | Path, history: list[dict[str, float]]) -> None:
     frame = pl.DataFrame(history, schema={c: pl.Int64 if c == "epoch" else pl.Float64 for c in LOSS_COLUMNS})
     with atomic_path(path) as tmp:
         frame.write_csv(tmp, float_precision=8)
+
+
+def _role(fc: dict[str, Any], key: str, channels: list[str]) -> str | None:
+    """``forecaster.<key>`` when it is one of the forecast channels (ETT data has neither)."""
+    name = fc.get(key)
+    return name if name in channels else None
+
+
+def _baseline_scores(
+    fc: dict[str, Any],
+    config: dict[str, Any],
+    windows: dict[str, WindowSet],
+    channels: list[str],
+    scaling: dict[str, dict[str, float]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-channel scores and fit facts of HAR-RV (vol channel) and the zero forecast (returns)."""
+    vol, ret = _role(fc, "vol_channel", channels), _role(fc, "return_channel", channels)
+    scores: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    roles = {"vol_channel": vol, "return_channel": ret}
+    if vol is None:
+        info["har_rv"] = {"skipped": f"forecaster.vol_channel '{fc.get('vol_channel')}' is not forecast"}
+    else:
+        har_cfg = fc.get("har") or {}
+        days = tuple(har_cfg.get("days") or baselines.DEFAULT_DAYS)
+        interval = str(config["intervals"]["bar"])
+        c = channels.index(vol)
+        har = baselines.HARRV.from_config(days, interval, fc["lookback"])
+        har.fit(*baselines.channel_windows(windows["train"], c))
+        entry: dict[str, Any] = {}
+        for split in SPLITS:
+            x, y = baselines.channel_windows(windows[split], c)
+            entry[split] = fm.channel_scores(har.predict(x), y, vol, scaling, **roles)
+        scores["har_rv"] = {vol: entry}
+        info["har_rv"] = {"channel": vol, **har.fit_info(interval, days)}
+    if ret is None:
+        info["zero"] = {"skipped": f"forecaster.return_channel '{fc.get('return_channel')}' is not forecast"}
+    else:
+        c = channels.index(ret)
+        entry = {}
+        for split in SPLITS:
+            _, y = baselines.channel_windows(windows[split], c)
+            pred = baselines.zero_forecast(len(y), y.shape[1], ret, scaling)
+            entry[split] = fm.channel_scores(pred, y, ret, scaling, **roles)
+            entry[split]["direction_accuracy"] = None  # sign(0) is no call: not 0 (nor 0.5) right
+        entry["unavailable"] = {"direction_accuracy": baselines.ZERO_NO_DIRECTION}
+        scores["zero"] = {ret: entry}
+        info["zero"] = {"channel": ret, "forecast": "0 (unscaled) at every horizon step"}
+    return scores, info
+
+
+def _choose(mode: str, models: dict[str, dict[str, float]]) -> tuple[str, dict[str, Any]]:
+    """The kept model and why: lowest val MSE among the trained models, or the configured one."""
+    candidates = [m for m in TRAINABLE if m in models]
+    val = {m: models[m]["val_mse"] for m in candidates}
+    if mode == "auto":
+        kept = min(candidates, key=lambda m: (val[m], candidates.index(m)))  # ties: MODELS order
+        reason = f"lowest validation MSE of {len(candidates)} models (all channels, scaled)"
+    else:
+        kept, reason = mode, f"named by forecaster.model ({mode})"
+    return kept, {
+        "mode": "auto" if mode == "auto" else "configured",
+        "kept": kept,
+        "reason": reason,
+        "candidates": candidates,
+        "val_mse": val,
+    }
 
 
 def train_forecaster(
@@ -72,6 +160,9 @@ def train_forecaster(
 ) -> dict[str, Any]:
     """Run the stage; returns the metrics written to ``metrics_out``."""
     fc, seed = config["forecaster"], int(config["seed"])
+    mode = str(fc["model"])
+    if mode != "auto" and mode not in MODELS:
+        raise ConfigError(f"forecaster.model '{mode}' must be auto or one of {', '.join(MODELS)}")
     ckpt = config["checkpoint"]
     # The session's deadline, not a fresh budget: a job that starts after it stops here, before
     # loading anything, and a later one gets only what earlier jobs left.
@@ -88,73 +179,116 @@ def train_forecaster(
         len(windows["test"]),
         device,
     )
-    store = StateStore(
-        Path(state_dir) / "train_forecaster", training_fingerprint(config, features_path), keep=ckpt["keep"]
-    )
+    stats = scaler["folds"][str(fc["fold"])]
+    scaling = {"mean": {c: stats["mean"][c] for c in channels}, "std": {c: stats["std"][c] for c in channels}}
+    roles = {
+        "vol_channel": _role(fc, "vol_channel", channels),
+        "return_channel": _role(fc, "return_channel", channels),
+    }
+    features_sha = file_sha256(features_path)
+    state_root = Path(state_dir) / "train_forecaster"
 
-    main = fc["model"]
-    order = [main, *[m for m in MODELS if m != main]]  # the saved model first: it owns the state/budget
+    # A named model trains first, so a time budget is spent on it before the comparisons.
+    order = [mode, *[m for m in MODELS if m != mode]] if mode != "auto" else list(MODELS)
     models: dict[str, dict[str, float]] = {}
-    main_fit: FitResult | None = None
-    main_forecaster: Forecaster | None = None
+    per_channel: dict[str, Any] = {}
+    fits: dict[str, FitResult | None] = {}
+    forecasters: dict[str, Forecaster] = {}
     for name in order:
         forecaster = Forecaster(
             name, fc["lookback"], fc["horizon"], len(channels), _hparams(fc, name), seed=seed
         )
-        is_main = name == main
-        fit = forecaster.fit(
+        store = None
+        if forecaster.trainable:
+            fingerprint = training_fingerprint(config, features_sha, name, channels)
+            store = StateStore(state_root / name, fingerprint, keep=ckpt["keep"])
+        settings = _settings(fc, name)
+        fits[name] = forecaster.fit(
             windows["train"],
             windows["val"],
-            _settings(fc, name),
+            settings,
             device=device,
             seed=seed,
-            store=store if is_main else None,
-            budget=budget if is_main else None,
+            store=store,
+            budget=budget if store is not None else None,
             progress=progress,
         )
-        val, test = forecaster.score(windows["val"], device), forecaster.score(windows["test"], device)
+        forecaster.module.to(device)
+        scores, per_channel[name] = {}, {}
+        for split in SPLITS:
+            batch = settings.eval_batch_size
+            pred, target = predict_windows(forecaster.module, windows[split], device, batch)
+            scores[split] = overall_errors(pred, target)
+            for channel, values in fm.per_channel(pred, target, channels, scaling, **roles).items():
+                per_channel[name].setdefault(channel, {})[split] = values
         models[name] = {
-            "val_mse": val["mse"],
-            "val_mae": val["mae"],
-            "test_mse": test["mse"],
-            "test_mae": test["mae"],
+            "val_mse": scores["val"]["mse"],
+            "val_mae": scores["val"]["mae"],
+            "test_mse": scores["test"]["mse"],
+            "test_mae": scores["test"]["mae"],
         }
         if not all(math.isfinite(v) for v in models[name].values()):
             raise DataError(
                 f"forecaster: {name} produced non-finite metrics {models[name]}; check the features"
             )
-        log.info("forecaster %s: val mse %.5f, test mse %.5f", name, val["mse"], test["mse"])
-        if is_main:
-            main_fit, main_forecaster = fit, forecaster
+        val_mse, test_mse = models[name]["val_mse"], models[name]["test_mse"]
+        log.info("forecaster %s: val mse %.5f, test mse %.5f", name, val_mse, test_mse)
+        forecaster.module.to("cpu")
+        forecasters[name] = forecaster
 
-    assert main_forecaster is not None
-    history = main_fit.history if main_fit is not None else []
-    stats = scaler["folds"][str(fc["fold"])]
-    scaling = {"mean": {c: stats["mean"][c] for c in channels}, "std": {c: stats["std"][c] for c in channels}}
+    baseline_scores, baseline_info = _baseline_scores(fc, config, windows, channels, scaling)
+    per_channel.update(baseline_scores)
+    kept, selection = _choose(mode, models)
+    log.info("forecaster: keeping %s (%s)", kept, selection["reason"])
+    kept_fit = fits[kept]
+    history = kept_fit.history if kept_fit is not None else []
     metrics = {
-        "models": models,
-        "model": main,
+        "models": {m: models[m] for m in MODELS},
+        "model": kept,
+        "selection": selection,
+        "per_channel": {m: per_channel[m] for m in [*MODELS, *sorted(baseline_scores)]},
+        "baselines": baseline_info,
+        "metric_notes": fm.notes(),
+        "vol_channel": roles["vol_channel"],
+        "return_channel": roles["return_channel"],
         "horizon": fc["horizon"],
         "lookback": fc["lookback"],
         "channels": channels,
         "fold": fc["fold"],
         "windows": {k: len(v) for k, v in windows.items()},
-        "best_epoch": main_fit.best_epoch if main_fit else None,
-        "epochs_run": main_fit.epochs_run if main_fit else 0,
-        "train_seconds": main_fit.train_seconds if main_fit else 0.0,
-        "samples_per_second": main_fit.samples_per_second if main_fit else None,
-        "resources": main_fit.resources if main_fit else None,  # GPU utilisation on CUDA (NVML)
+        "best_epoch": kept_fit.best_epoch if kept_fit else None,
+        "epochs_run": kept_fit.epochs_run if kept_fit else 0,
+        "train_seconds": kept_fit.train_seconds if kept_fit else 0.0,
+        "samples_per_second": kept_fit.samples_per_second if kept_fit else None,
+        "resources": kept_fit.resources if kept_fit else None,  # GPU utilisation on CUDA (NVML)
         "device": str(device),
-        "resumed_from_epoch": main_fit.resumed_from_epoch if main_fit else None,
-        "beats_naive": models[main]["val_mse"] < models["naive"]["val_mse"],
+        "resumed_from_epoch": kept_fit.resumed_from_epoch if kept_fit else None,
+        "training": {
+            m: {
+                "best_epoch": f.best_epoch,
+                "epochs_run": f.epochs_run,
+                "train_seconds": f.train_seconds,
+                "resumed_from_epoch": f.resumed_from_epoch,
+            }
+            for m, f in ((m, fits[m]) for m in MODELS)
+            if f is not None
+        },
+        # On test, not val: val chose the kept model among several, so its val MSE is the
+        # optimistic one; test is the split nothing was chosen on.
+        "beats_naive": models[kept]["test_mse"] < models["naive"]["test_mse"],
+        "beats_naive_val": models[kept]["val_mse"] < models["naive"]["val_mse"],
     }
-    main_forecaster.module.to("cpu")
     save_forecaster(
         checkpoint_out,
-        main_forecaster,
+        forecasters[kept],
         channels,
         scaling,
-        extra={"fold": fc["fold"], "best_epoch": metrics["best_epoch"], "val_mse": models[main]["val_mse"]},
+        extra={
+            "fold": fc["fold"],
+            "best_epoch": metrics["best_epoch"],
+            "val_mse": models[kept]["val_mse"],
+            "selection": selection["reason"],
+        },
     )
     write_loss_csv(loss_out, history)
     write_json(metrics_out, metrics)

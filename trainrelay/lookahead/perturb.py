@@ -53,6 +53,15 @@ def _copy(src: Path, dest: Path) -> None:
         shutil.copyfile(checksum, archive.checksum_path(dest))
 
 
+def _write(dest: Path, frame: pl.DataFrame, to_csv: Callable[[pl.DataFrame], str]) -> None:
+    """Write ``frame`` in the raw file's own format: a Binance zip (with .CHECKSUM) or a parquet file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.suffix == ".parquet":
+        frame.write_parquet(dest)
+    else:
+        archive.write_archive(dest, to_csv(frame))
+
+
 def _same_before(original: pl.DataFrame, written: pl.DataFrame, keep: pl.Expr, path: Path) -> None:
     """The rewritten file's rows at or before the cut must be the original's, value for value."""
     if not written.filter(keep).equals(original.filter(keep)):
@@ -99,8 +108,6 @@ def perturb_klines(files: list[tuple[Path, Path]], cut: datetime, seed: int, ser
     low = np.minimum(opened, new_close) / wick[1]
     new_volume = np.where(outage, 0.0, volume * np.exp(rng.normal(0.0, 0.5, n)))
     taker = new_volume * rng.uniform(0.1, 0.9, n)
-    count = full["count"].to_numpy()[after]
-    new_count = np.where(outage, 0, np.maximum(1, np.rint(count * np.exp(rng.normal(0.0, 0.3, n)))))
     columns = {
         "open": opened,
         "high": high,
@@ -108,10 +115,16 @@ def perturb_klines(files: list[tuple[Path, Path]], cut: datetime, seed: int, ser
         "close": new_close,
         "volume": new_volume,
         "quote_volume": new_volume * new_close,
-        "count": new_count,
         "taker_buy_volume": taker,
         "taker_buy_quote_volume": taker * new_close,
     }
+    if "count" in full.columns:
+        count = full["count"].to_numpy()[after]
+        columns["count"] = np.where(
+            outage, 0, np.maximum(1, np.rint(count * np.exp(rng.normal(0.0, 0.3, n))))
+        )
+    # a source without some columns (freqtrade: OHLCV only) gets none invented
+    columns = {name: values for name, values in columns.items() if name in full.columns}
     # full-length columns: the original values up to the cut, the new market after it
     merged = {}
     for name, values in columns.items():
@@ -129,8 +142,7 @@ def perturb_klines(files: list[tuple[Path, Path]], cut: datetime, seed: int, ser
         out = frame.with_columns(
             [pl.Series(name, column[rows]).cast(frame.schema[name]) for name, column in merged.items()]
         )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        archive.write_archive(dest, archive.klines_to_csv(out))
+        _write(dest, out, archive.klines_to_csv)
         _same_before(frame, archive.read_klines(dest), keep, dest)
 
 
@@ -147,8 +159,7 @@ def perturb_funding(files: list[tuple[Path, Path]], cut: datetime, seed: int, se
         spread = max(float(np.std(rates)), 1e-4)
         new = np.where(later, rng.normal(0.0, spread, len(rates)), rates)
         out = frame.with_columns(pl.Series("last_funding_rate", new, dtype=pl.Float64))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        archive.write_archive(dest, archive.funding_to_csv(out))
+        _write(dest, out, archive.funding_to_csv)
         _same_before(frame, archive.read_funding(dest), keep, dest)
 
 

@@ -289,6 +289,12 @@ def build_series(
         rows = np.flatnonzero(symbols == symbol)
         ts = ts_all[rows]
         block = market[rows]
+        funding = np.asarray(funding_all[rows], dtype=np.float64)
+        # Holding across a gap in the bars earns nothing (segments set that row's return to 0) and
+        # pays no funding either: nobody is charged or credited for time nobody could trade.
+        steps = np.diff(ts)
+        if steps.size:
+            funding[1:][steps > steps.min()] = 0.0
         if spec.text:
             if emb.size:
                 own = (ev_sym == symbol) | (ev_sym == "*")
@@ -302,7 +308,7 @@ def build_series(
                 timestamp=ts,
                 market_obs=np.clip(block, -OBS_CLIP, OBS_CLIP).astype(np.float32),
                 log_return=frame["log_return"].to_numpy()[rows].astype(np.float64),
-                funding=np.asarray(funding_all[rows], dtype=np.float64),
+                funding=funding,
                 fc_return=frame["fc_return"].to_numpy()[rows].astype(np.float64),
                 fc_valid=frame["fc_valid"].to_numpy()[rows].astype(bool),
             )

@@ -263,6 +263,11 @@ def prepare(
         raise DataError(
             "policy.observation.text is true but no text_embeddings.parquet was given; set it false"
         )
+    if observation["text"] and inputs.text is not None and inputs.text.height == 0:
+        raise DataError(
+            f"{paths.get('text')}: no text events, so the text observation would be zeros posing as news; "
+            "set policy.observation.text: false (and drop no_text from policy.ablations) or give events"
+        )
     fold = int(fold)
     spec = fit_spec(inputs, fold, observation, policy_cfg["text"])
     series = build_series(inputs, spec, policy_cfg["funding_every_hours"])

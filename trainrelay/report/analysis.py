@@ -14,6 +14,10 @@ from trainrelay.report.values import finite, records
 ENGINE_KEYS = ("model", "engine", "device", "precision", "batch")
 
 
+# Stretches of missing bars listed in the report; base_manifest.parquet has them all.
+MISSING_ROWS_SHOWN = 30
+
+
 def data_summary(inputs: RunInputs) -> dict[str, Any]:
     manifest = inputs.manifest
     by_kind = (
@@ -42,8 +46,19 @@ def data_summary(inputs: RunInputs) -> dict[str, Any]:
         .sort("fold", "_order", "split")
         .drop("_order")
     )
+    missing = (
+        manifest.filter(pl.col("missing").list.len() > 0)
+        .select("kind", "symbol", "interval", "missing")
+        .explode("missing")
+        .unnest("missing")
+        .sort("first", "symbol", "kind", "interval")
+        if "missing" in manifest.columns
+        else pl.DataFrame()
+    )
     return {
         "files": manifest.height,
+        "missing": records(missing.head(MISSING_ROWS_SHOWN)),
+        "missing_stretches": missing.height,
         "symbols": sorted(manifest["symbol"].drop_nulls().unique().to_list()),
         "kinds": sorted(manifest["kind"].drop_nulls().unique().to_list()),
         "rows": int(manifest["rows"].sum()),
@@ -62,18 +77,50 @@ def _model_order(name: str) -> tuple[int, str]:
 
 
 def forecast_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model with its change in test MSE/MAE vs the naive baseline (negative = better)."""
+    """One row per model with its change in test MSE/MAE vs the naive baseline (negative = better);
+    ``kept`` marks the model train_forecaster saved (chosen on validation with ``model: auto``)."""
     models = metrics["models"]
     naive = models["naive"]
+    kept = metrics.get("model")
     rows = []
     for name in sorted(models, key=_model_order):
-        row: dict[str, Any] = {"model": name, **{key: models[name].get(key) for key in FORECAST_METRICS}}
+        row: dict[str, Any] = {"model": name, "kept": name == kept}
+        row.update({key: models[name].get(key) for key in FORECAST_METRICS})
         for key in ("test_mse", "test_mae"):
             base, value = naive.get(key), row[key]
             row[f"{key}_vs_naive_pct"] = (
                 (value - base) / base * 100.0 if finite(base) and finite(value) and base != 0 else None
             )
         rows.append(row)
+    return rows
+
+
+CHANNEL_METRICS = ("mse", "qlike", "direction_accuracy")
+
+
+def kept_forecast(forecast: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The saved model's row; older metrics without ``model`` fall back to the first trained one."""
+    kept = next((row for row in forecast if row.get("kept")), None)
+    return kept or next((row for row in forecast if row["model"] != "naive"), None)
+
+
+def forecast_channel_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model or baseline, channel): val/test MSE (scaled), QLIKE (vol channel),
+    directional accuracy (return channel); None where a metric does not apply, with ``note``
+    saying why where train_forecaster recorded a reason (the zero forecast has no direction).
+    Empty for metrics written before the per-channel table existed."""
+    table = metrics.get("per_channel") or {}
+    kept = metrics.get("model")
+    rows = []
+    for model in sorted(table, key=lambda m: (m not in metrics["models"], _model_order(m))):
+        for channel, entry in sorted(table[model].items()):
+            row: dict[str, Any] = {"model": model, "channel": channel, "kept": model == kept}
+            for split in ("val", "test"):
+                for key in CHANNEL_METRICS:
+                    row[f"{split}_{key}"] = (entry.get(split) or {}).get(key)
+            unavailable = entry.get("unavailable") or {}
+            row["note"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items())) or None
+            rows.append(row)
     return rows
 
 
@@ -277,7 +324,7 @@ def recommendations(
             out.append(
                 f"Deploy the {entry['model']} with {entry['label']} (no faster engine met the constraints)."
             )
-    best = next((row for row in forecast if row["model"] != "naive"), None)
+    best = kept_forecast(forecast)
     if best is not None and finite(best["test_mse_vs_naive_pct"]):
         if best["test_mse_vs_naive_pct"] >= 0:
             out.append(

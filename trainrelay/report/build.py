@@ -22,6 +22,7 @@ import polars as pl
 
 from trainrelay import __version__
 from trainrelay.atomic import write_json, write_text
+from trainrelay.config import text_events_configured
 from trainrelay.errors import ConfigError
 from trainrelay.fingerprint import config_fingerprint
 from trainrelay.report import analysis, charts
@@ -67,6 +68,17 @@ def _report_settings(config: dict[str, Any]) -> tuple[dict[str, str], int]:
     return baseline, max_points
 
 
+def text_inputs(config: dict[str, Any]) -> dict[str, Any]:
+    """Whether the policy saw text, and why not: a run without news says so instead of showing zeros."""
+    if (config.get("policy") or {}).get("observation", {}).get("text"):
+        return {"used": True, "reason": None}
+    if not text_events_configured(config):
+        reason = f"no text events for this data (source {config['source']}, events.path not set)"
+    else:
+        reason = "turned off in the config (policy.observation.text: false)"
+    return {"used": False, "reason": reason}
+
+
 def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) -> dict[str, Any]:
     """Every number and sentence of the report, JSON-safe (this is report.json)."""
     baseline, _max_points = _report_settings(config)
@@ -79,9 +91,11 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
     constraints = analysis.evaluate_constraints(bench_rows, inputs.selection)
     chosen = analysis.chosen_engines(inputs, deltas)
     recommendations = analysis.recommendations(inputs, forecast, policy, chosen)
-    facts = {k: v for k, v in inputs.forecaster_metrics.items() if k != "models"}
+    # The nested forecaster tables get their own sections; the flat facts go in the training list.
+    nested = ("models", "per_channel", "baselines", "metric_notes", "selection", "training")
+    facts = {k: v for k, v in inputs.forecaster_metrics.items() if k not in nested}
     by_strategy = {row["strategy"]: row for row in policy}
-    best_model = next((row for row in forecast if row["model"] != "naive"), None)
+    best_model = analysis.kept_forecast(forecast)
     naive = next(row for row in forecast if row["model"] == "naive")
     simple_models = [
         {**entry, "deploy": deploy_instructions(entry["model"], entry["chosen"], run)} for entry in chosen
@@ -95,6 +109,7 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
         "environment": inputs.environment,
         "data": data,
         "embeddings": inputs.embeddings_meta,
+        "text_inputs": text_inputs(config),
         "training": {
             "forecaster": facts,
             "forecaster_epochs": inputs.forecaster_loss.height,
@@ -106,6 +121,9 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
         },
         "tuning": inputs.tuning,
         "forecast": forecast,
+        "forecast_channels": analysis.forecast_channel_table(inputs.forecaster_metrics),
+        "forecast_selection": inputs.forecaster_metrics.get("selection"),
+        "forecast_baselines": inputs.forecaster_metrics.get("baselines"),
         "policy": {
             "table": policy,
             "verdict": inputs.policy_metrics.get("verdict"),
@@ -182,6 +200,9 @@ def metrics_rows(context: dict[str, Any]) -> pl.DataFrame:
     rows: list[tuple[str, str, str, Any]] = []
     for row in context["forecast"]:
         rows += [("forecast", row["model"], k, v) for k, v in row.items() if k != "model"]
+    for row in context["forecast_channels"]:
+        subject = f"{row['model']}/{row['channel']}"
+        rows += [("forecast_channel", subject, k, v) for k, v in row.items() if k not in ("model", "channel")]
     for row in context["policy"]["table"]:
         rows += [("policy", row["strategy"], k, v) for k, v in row.items() if k != "strategy"]
     for name, values in sorted((context["policy"]["ablations"] or {}).items()):
