@@ -43,6 +43,7 @@ def test_tcn_is_causal_and_its_receptive_field_is_as_documented() -> None:
     params = TCNParams(channels=4, levels=3, kernel_size=3, dropout=0.0)
     field = receptive_field(params)
     assert field == 29
+    torch.manual_seed(0)  # a random init can leave one path dead after a ReLU; fix the draw
     tcn = build_module("tcn", 64, 2, 1, params.as_dict()).eval()
     x = torch.randn(1, 64, 1)
     with torch.no_grad():

@@ -90,8 +90,8 @@ def test_planted_feature_leak_is_caught_and_named(finished_run, monkeypatch, cap
 
     original = segments.market_features
 
-    def leaking(bars, funding, symbol):
-        frame = original(bars, funding, symbol)
+    def leaking(bars, funding, symbol, *rest):
+        frame = original(bars, funding, symbol, *rest)
         return frame.with_columns(pl.col("log_return").shift(-1).fill_null(0.0).alias("mom_4"))
 
     monkeypatch.setattr(segments, "market_features", leaking)
