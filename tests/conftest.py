@@ -37,6 +37,21 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def acquire_error(config: dict, raw: Path, error: type[Exception] | None = None) -> str:
+    """The one-line message acquire stops with (``error``: DataError by default), checking that it
+    left no file behind under ``raw``."""
+    from trainrelay.data.acquire import acquire
+    from trainrelay.errors import DataError
+
+    with pytest.raises(error or DataError) as caught:
+        acquire(config, raw)
+    message = str(caught.value)
+    assert "\n" not in message
+    written = [p for p in raw.rglob("*") if p.is_file()] if raw.exists() else []
+    assert written == [], f"files left behind: {written}"
+    return message
+
+
 def write_config(workdir: Path, overrides: dict | None = None, name: str = "test.yaml") -> Path:
     config = deep_merge(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {})
     path = workdir / name

@@ -642,3 +642,17 @@ def build_results_tree(
     _onnx_models(results)
     _benchmark(results)
     return results
+
+
+def build_reported_run(root: Path) -> Path:
+    """A complete results tree under ``root`` plus its report (HTML, PDF, JSON, CSV); returns ``root``."""
+    import torch
+
+    from trainrelay.report.build import build_report  # the report stack only where a test needs it
+
+    torch.set_num_threads(1)
+    results = build_results_tree(root)
+    reports = Path(root) / "reports" / "fixture"
+    outputs = {k: reports / f"report.{k}" for k in ("html", "pdf", "json")} | {"csv": reports / "metrics.csv"}
+    build_report(results, outputs, fixture_config(), git_commit="unknown")
+    return Path(root)

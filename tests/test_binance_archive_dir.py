@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.conftest import acquire_error
 from trainrelay.config import config_errors
 from trainrelay.data import archive, synthetic
 from trainrelay.data.acquire import acquire, raw_targets
 from trainrelay.data.manifest import build_manifest
-from trainrelay.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -60,16 +60,6 @@ def copy_of(archives: Path, tmp_path: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
     return folder
-
-
-def acquire_error(config: dict, raw: Path) -> str:
-    with pytest.raises(DataError) as caught:
-        acquire(config, raw)
-    message = str(caught.value)
-    assert "\n" not in message
-    written = [p for p in raw.rglob("*") if p.is_file()] if raw.exists() else []
-    assert written == [], f"files left behind: {written}"
-    return message
 
 
 def test_archives_are_copied_byte_for_byte_and_pass_the_manifest(archives: Path, tmp_path: Path) -> None:

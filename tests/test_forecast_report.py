@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_run import build_results_tree, fixture_config
+from tests.fixtures_run import build_reported_run, fixture_config
 from trainrelay.report.analysis import forecast_channel_table, forecast_table
 from trainrelay.report.build import build_report
 from trainrelay.validate import validate_run
@@ -16,15 +16,7 @@ from trainrelay.validate import validate_run
 
 @pytest.fixture(scope="module")
 def complete(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("run")
-    results = build_results_tree(root)
-    reports = root / "reports" / "fixture"
-    outputs = {k: reports / f"report.{k}" for k in ("html", "pdf", "json")} | {"csv": reports / "metrics.csv"}
-    build_report(results, outputs, fixture_config(), git_commit="unknown")
-    return root
+    return build_reported_run(tmp_path_factory.mktemp("run"))
 
 
 def test_report_shows_every_model_and_baseline_per_channel(complete: Path) -> None:

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.conftest import acquire_error
 from trainrelay.config import config_errors
 from trainrelay.data import archive
 from trainrelay.data.acquire import acquire, raw_targets
@@ -224,16 +225,6 @@ def test_schema_accepts_the_section_and_rejects_a_bad_pair(tmp_path: Path) -> No
 
 
 # -- one line per user error, and nothing left looking finished ---------------------------------
-
-
-def acquire_error(config: dict, raw: Path, error: type[Exception] = DataError) -> str:
-    with pytest.raises(error) as caught:
-        acquire(config, raw)
-    message = str(caught.value)
-    assert "\n" not in message
-    written = [p for p in raw.rglob("*") if p.is_file()] if raw.exists() else []
-    assert written == [], f"files left behind: {written}"
-    return message
 
 
 def test_missing_datadir_setting_is_a_config_error(tmp_path: Path) -> None:

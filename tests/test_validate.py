@@ -10,22 +10,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.fixtures_run import build_results_tree, fixture_config
-from trainrelay.report.build import build_report
+from tests.fixtures_run import build_reported_run
 from trainrelay.validate import run_validate, validate_run
 
 
 @pytest.fixture(scope="module")
 def complete(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("run")
-    results = build_results_tree(root)
-    reports = root / "reports" / "fixture"
-    outputs = {k: reports / f"report.{k}" for k in ("html", "pdf", "json")} | {"csv": reports / "metrics.csv"}
-    build_report(results, outputs, fixture_config(), git_commit="unknown")
-    return root
+    return build_reported_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture

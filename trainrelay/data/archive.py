@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from trainrelay.atomic import atomic_path, write_text
-from trainrelay.data.files_source import csv_problem, describe_row
+from trainrelay.data.files_source import csv_problem, datetime_as_utc_ms, describe_row
 from trainrelay.errors import DataError
 
 KLINE_COLUMNS = [
@@ -245,10 +245,7 @@ def _read_parquet(path: Path, required: list[str], optional: list[str]) -> pl.Da
         dtype = frame.schema[name]
         if name in _TIME_COLUMNS:
             if isinstance(dtype, pl.Datetime):
-                stamp = pl.col(name)
-                # A naive datetime is read as UTC, as everything the sources write is UTC.
-                stamp = stamp.dt.replace_time_zone("UTC") if dtype.time_zone is None else stamp
-                casts.append(stamp.dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+                casts.append(datetime_as_utc_ms(name, dtype))
             else:
                 casts.append(_to_datetime_ms(name))
         elif name in ("count", "funding_interval_hours"):

@@ -133,11 +133,11 @@ def aggregate_bars(
         (pl.col("close") / previous).log().alias("r"),
         ((epoch // bar_ms) * bar_ms + bar_ms).cast(pl.Datetime("ms", "UTC")).alias("timestamp"),
     )
-    optional = [c for c in OPTIONAL_KLINE_COLUMNS if c in fine.columns]
-    sums = [pl.col("taker_buy_volume").sum()] if "taker_buy_volume" in optional else []
-    sums += [pl.col("count").sum().cast(pl.Float64)] if "count" in optional else []
+    # Summed only where the source has them (OPTIONAL_KLINE_COLUMNS).
+    sums = [pl.col(c).sum().cast(pl.Float64) for c in OPTIONAL_KLINE_COLUMNS if c in fine.columns]
     if steps == 1:
-        vol = [garman_klass(pl.col("open"), pl.col("high"), pl.col("low"), pl.col("close")).first()]
+        gk = garman_klass(pl.col("open"), pl.col("high"), pl.col("low"), pl.col("close"))
+        vol = [gk.first().alias("realized_vol")]
     else:
         vol = [
             (pl.col("r") ** 2).sum().sqrt().alias("realized_vol"),
@@ -150,7 +150,7 @@ def aggregate_bars(
         pl.col("close").last(),
         pl.col("volume").sum(),
         *sums,
-        *[v.alias("realized_vol") if steps == 1 else v for v in vol],
+        *vol,
         pl.len().alias("n_fine"),
     )
     return bars.filter(pl.col("n_fine") == steps).select([c for c in BAR_COLUMNS if c in bars.columns])
@@ -164,6 +164,12 @@ def _cyclic(value: pl.Expr, period: float, name: str) -> list[pl.Expr]:
 def _safe_ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
     # A zero denominator (a bar without volume, a flat window) means "no signal": 0, not inf/NaN.
     return pl.when(denominator > 0).then(numerator / denominator).otherwise(0.0)
+
+
+def after_gap(bar_ms: int) -> pl.Expr:
+    """True on a row whose ``timestamp`` is more than ``bar_ms`` after the previous row's."""
+    epoch = pl.col("timestamp").dt.epoch("ms")
+    return (epoch - epoch.shift(1)) > bar_ms
 
 
 def available_features(bars: pl.DataFrame, funding: bool) -> list[str]:
@@ -183,11 +189,9 @@ def market_features(
     the smallest step in the data) gets ``log_return`` 0: no return spans a gap.
     """
     close = pl.col("close")
-    epoch = pl.col("timestamp").dt.epoch("ms")
     if bar_ms is None and bars.height > 1:
-        bar_ms = int(bars.select(epoch.diff().min()).item())
-    after_gap = (epoch - epoch.shift(1)) > (bar_ms or 0)
-    log_return = pl.when(after_gap).then(0.0).otherwise((close / close.shift(1)).log())
+        bar_ms = int(bars.select(pl.col("timestamp").dt.epoch("ms").diff().min()).item())
+    log_return = pl.when(after_gap(bar_ms or 0)).then(0.0).otherwise((close / close.shift(1)).log())
     log_volume = pl.col("volume").log1p()
     optional = []
     if "taker_buy_volume" in bars.columns:

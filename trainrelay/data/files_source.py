@@ -100,6 +100,14 @@ def csv_problem(data: bytes, separator: str = ",", fields: int | None = None) ->
     return None
 
 
+def datetime_as_utc_ms(name: str, dtype: pl.Datetime) -> pl.Expr:
+    """Datetime column ``name`` as Datetime(ms, UTC); a naive one is taken as UTC, as every source
+    here writes UTC (local time would shift the bars by the machine's offset)."""
+    stamp = pl.col(name)
+    stamp = stamp.dt.replace_time_zone("UTC") if dtype.time_zone is None else stamp
+    return stamp.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+
+
 def parse_timestamps(series: pl.Series, where: str, path: str | Path | None = None) -> pl.Series:
     """Any timestamp column (datetime, date, epoch s/ms/µs integers, ISO-like strings) -> Datetime(ms, UTC).
 

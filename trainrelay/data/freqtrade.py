@@ -42,6 +42,7 @@ from typing import Any
 import polars as pl
 
 from trainrelay import atomic
+from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import file_sha256
 
@@ -394,10 +395,7 @@ def read_candles(path: str | Path) -> pl.DataFrame:
         )
     date = frame.schema["date"]
     if isinstance(date, pl.Datetime):
-        stamp = pl.col("date")
-        # freqtrade's dates are UTC; a naive one is read as UTC rather than as local time.
-        stamp = stamp.dt.replace_time_zone("UTC") if date.time_zone is None else stamp
-        stamp = stamp.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+        stamp = datetime_as_utc_ms("date", date)
     elif date.is_integer():
         stamp = pl.col("date").cast(pl.Datetime("ms", "UTC"))  # freqtrade's json: epoch ms
     else:

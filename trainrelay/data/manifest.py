@@ -22,6 +22,7 @@ import polars as pl
 
 from trainrelay import atomic
 from trainrelay.data import archive, features, freqtrade
+from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import file_sha256
 
@@ -259,10 +260,7 @@ def read_series(path: str | Path) -> tuple[pl.DataFrame, str, list[str]]:
     if stamp.is_integer():
         ts = pl.col("timestamp").cast(pl.Datetime("ms", "UTC"))
     elif isinstance(stamp, pl.Datetime):
-        # A naive datetime is read as UTC: the files source writes UTC.
-        ts = pl.col("timestamp")
-        ts = ts.dt.replace_time_zone("UTC") if stamp.time_zone is None else ts.dt.convert_time_zone("UTC")
-        ts = ts.dt.cast_time_unit("ms")
+        ts = datetime_as_utc_ms("timestamp", stamp)
     else:
         raise _fail(path, f"column 'timestamp' is {stamp}, not a datetime or epoch milliseconds", "columns")
     frame = frame.with_columns(ts.alias("timestamp"), *[pl.col(c).cast(pl.Float64) for c in values])

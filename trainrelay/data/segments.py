@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from trainrelay import atomic
 from trainrelay.data import archive
 from trainrelay.data.features import (
-    MARKET_FEATURES,
+    NEEDS,
+    OPTIONAL_KLINE_COLUMNS,
+    after_gap,
     aggregate_bars,
     bar_steps,
     is_outage,
@@ -102,7 +104,7 @@ def market_frames(
         )
         names = [c for c in frame.columns if c not in ("timestamp", "symbol", "close")]
         if absent := [
-            n for n in MARKET_FEATURES if n not in names and n != "funding_rate" and n != "up_share"
+            n for n, column in NEEDS.items() if column in OPTIONAL_KLINE_COLUMNS and n not in names
         ]:
             log.info(
                 "%s: %s left out: the source has no taker volume or trade count", symbol, ", ".join(absent)
@@ -182,10 +184,8 @@ def returns_without_gaps(frame: pl.DataFrame, bar_ms: int) -> pl.DataFrame:
     """
     if "log_return" not in frame.columns:
         return frame  # a series without prices (ETT) has no returns
-    epoch = pl.col("timestamp").dt.epoch("ms")
-    after_gap = (epoch - epoch.shift(1)) > bar_ms
     return frame.with_columns(
-        pl.when(after_gap).then(0.0).otherwise(pl.col("log_return")).alias("log_return")
+        pl.when(after_gap(bar_ms)).then(0.0).otherwise(pl.col("log_return")).alias("log_return")
     )
 
 
