@@ -17,6 +17,7 @@ from trainrelay.forecast.baselines import (
     channel_windows,
     har_design,
     har_windows,
+    history_means,
     zero_forecast,
 )
 from trainrelay.forecast.windows import split_windows
@@ -63,16 +64,26 @@ def test_bars_per_day_and_window_cuts() -> None:
     assert bars_per_day("15m") == 96 and bars_per_day("1h") == 24
     with pytest.raises(ConfigError, match=r"intervals\.bar"):
         bars_per_day("7m")
-    assert har_windows((1, 7, 30), 24, 10_000) == ([24, 168, 720], [])
-    used, notes = har_windows((1, 7, 30), 24, 512)
-    assert used == [24, 168, 512] and notes == ["30-day window (720 bars) cut to the lookback (512 bars)"]
-    used, notes = har_windows((1, 7, 30), 96, 96)  # the demo: one day of 15m bars is all there is
-    assert used == [96] and len(notes) == 2 and all("merged" in n for n in notes)
+    assert har_windows((1, 7, 30), 24) == [24, 168, 720]
+    assert har_windows((1, 7, 30), 96) == [96, 672, 2880]  # 15m bars: the month is not cut
+    assert har_windows((1, 1.01, 7), 24) == [24, 168]  # the same bars count once
 
 
-def test_har_design_is_an_intercept_and_trailing_means() -> None:
-    x = np.arange(12, dtype=float).reshape(2, 6)
-    design = har_design(x, [1, 3])
+def test_history_means_end_at_the_last_input_bar_and_stay_in_their_series() -> None:
+    a = np.arange(10, dtype=np.float32)[:, None]  # values 0..9
+    b = 100 + np.arange(6, dtype=np.float32)[:, None]  # 100..105
+    windows = split_windows([a, b], [(0, 10), (0, 6)], lookback=2, horizon=1)
+    means = history_means(windows, 0, [1, 3])
+    # series a: windows start at rows 0..7, last input bars 1..8; b: starts 0..3, last bars 1..4
+    last_a, last_b = np.arange(1, 9), np.arange(1, 5)
+    want_a = [[t, np.mean(np.arange(max(0, t - 2), t + 1))] for t in last_a]
+    want_b = [[100 + t, 100 + np.mean(np.arange(max(0, t - 2), t + 1))] for t in last_b]
+    # b's first means never reach into a
+    np.testing.assert_allclose(means, np.array(want_a + want_b, dtype=float))
+
+
+def test_har_design_is_an_intercept_and_the_means() -> None:
+    design = har_design(np.array([[5.0, 4.0], [11.0, 10.0]]))
     assert design.tolist() == [[1.0, 5.0, 4.0], [1.0, 11.0, 10.0]]
 
 
@@ -91,20 +102,24 @@ def test_har_recovers_the_coefficients_of_a_har_process() -> None:
     coef = (0.1, 0.4, 0.3, 0.2)  # Corsi's daily / weekly / monthly pattern, persistent
     rv = _har_process(6000, coef)
     series = rv[:, None].astype(np.float32)
-    windows = split_windows([series], [(0, len(rv))], lookback=22, horizon=2)
+    # a lookback of 2 bars: HAR still gets its 22 days, from the series' own history
+    windows = split_windows([series], [(0, len(rv))], lookback=2, horizon=2)
     # daily bars: 1 bar per day, Corsi's 1 / 5 / 22 trading days
-    har = HARRV.from_config((1, 5, 22), "1d", lookback=22)
+    har = HARRV.from_config((1, 5, 22), "1d")
     assert har.windows == [1, 5, 22]
-    x, y = channel_windows(windows, 0)
-    har.fit(x, y)
+    design = har.design(windows, 0, "train")
+    _, y = channel_windows(windows, 0)
+    har.fit(design, y)
     assert har.coef is not None and har.coef.shape == (4, 2)  # one regression per horizon step
     assert har.coef[:, 0] == pytest.approx(coef, abs=0.06)
     # the fitted one-step forecast beats the last value on the same windows
-    assert np.mean((har.predict(x)[:, 0] - y[:, 0]) ** 2) < np.mean((x[:, -1] - y[:, 0]) ** 2)
+    assert np.mean((har.predict(design)[:, 0] - y[:, 0]) ** 2) < np.mean((design[:, 1] - y[:, 0]) ** 2)
     info = har.fit_info("1d", (1, 5, 22))
     assert info["windows_bars"] == [1, 5, 22] and set(info["coefficients_step1"]) == {
         "intercept", "mean_1_bars", "mean_5_bars", "mean_22_bars"
     }  # fmt: skip
+    # the first 21 windows (last input bars 1..21) have less than 22 bars of history
+    assert info["short_history_share"]["train"] == pytest.approx(20 / len(windows))
 
 
 def test_har_forecasts_do_not_depend_on_the_scaling() -> None:
@@ -112,11 +127,11 @@ def test_har_forecasts_do_not_depend_on_the_scaling() -> None:
     rv = _har_process(800, (0.1, 0.4, 0.3, 0.2), seed=1)
     raw = split_windows([rv[:, None]], [(0, len(rv))], 22, 3)
     scaled = split_windows([((rv - 1.3) / 0.4)[:, None]], [(0, len(rv))], 22, 3)
-    a = HARRV.from_config((1, 5, 22), "1d", 22)
-    b = HARRV.from_config((1, 5, 22), "1d", 22)
-    xa, ya = channel_windows(raw, 0)
-    xb, yb = channel_windows(scaled, 0)
-    pa, pb = a.fit(xa, ya).predict(xa), b.fit(xb, yb).predict(xb)
+    a = HARRV.from_config((1, 5, 22), "1d")
+    b = HARRV.from_config((1, 5, 22), "1d")
+    da, db = a.design(raw, 0), b.design(scaled, 0)
+    pa = a.fit(da, channel_windows(raw, 0)[1]).predict(da)
+    pb = b.fit(db, channel_windows(scaled, 0)[1]).predict(db)
     assert pb * 0.4 + 1.3 == pytest.approx(pa, rel=1e-4, abs=1e-5)
 
 

@@ -336,3 +336,29 @@ def test_cuda_training_with_bf16_autocast(inputs, tmp_path) -> None:
     precompute_forecasts(
         tmp_path / "forecaster.pt", inputs["paths"]["features"], tmp_path / "fc.parquet", config
     )
+
+
+def test_test_span_all_folds_scores_every_later_test_block() -> None:
+    """all_folds: test runs from the fold's test start to the last fold's test end; fold: its own."""
+    from trainrelay.forecast.inputs import split_bounds
+
+    day = timedelta(days=1)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = []
+    for fold in range(3):  # test blocks of 10 days each, one after another
+        test_start = t0 + (30 + 10 * fold) * day
+        rows += [
+            (fold, "train", 0, t0, test_start - 6 * day, 1),
+            (fold, "val", 0, test_start - 5 * day, test_start - 1 * day, 1),
+            (fold, "test", 0, test_start, test_start + 9 * day, 1),
+        ]
+    segments = pl.DataFrame(rows, schema=["fold", "split", "episode", "start", "end", "rows"], orient="row")
+    ms = lambda t: np.datetime64(t.replace(tzinfo=None), "ms")  # noqa: E731
+    own = split_bounds(segments, 0)
+    spanned = split_bounds(segments, 0, "all_folds")
+    assert own["test"] == (ms(t0 + 30 * day), ms(t0 + 39 * day))
+    assert spanned["test"] == (ms(t0 + 30 * day), ms(t0 + 59 * day))  # through fold 2's test
+    assert spanned["train"] == own["train"] and spanned["val"] == own["val"]
+    assert split_bounds(segments, 1, "all_folds")["test"] == (ms(t0 + 40 * day), ms(t0 + 59 * day))
+    with pytest.raises(ConfigError, match="test_span"):
+        split_bounds(segments, 0, "everything")

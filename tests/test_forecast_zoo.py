@@ -111,8 +111,10 @@ def test_per_channel_table_has_every_model_baseline_split_and_metric(auto_run) -
         assert zero["direction_accuracy"] is None and zero["mse"] > 0
     assert "no sign" in table["zero"]["log_return"]["unavailable"]["direction_accuracy"]
     har = metrics["baselines"]["har_rv"]
-    # 15-minute bars: a day is 96 bars; the tiny lookback (32) cuts every HAR window to itself
-    assert har["bars_per_day"] == 96 and har["windows_bars"] == [32] and len(har["notes"]) == 3
+    # 15-minute bars: a day is 96 bars; HAR keeps its week and month despite the 32-bar lookback,
+    # and the tiny series (far less than a month) gives every window a short history
+    assert har["bars_per_day"] == 96 and har["windows_bars"] == [96, 672, 2880]
+    assert har["short_history_share"] == {"train": 1.0, "val": 1.0, "test": 1.0}
     assert set(metrics["metric_notes"]) == {"mse", "qlike", "direction_accuracy"}
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,8 +55,34 @@ class _LogFileHandler(logging.FileHandler):
         self.stream = None  # type: ignore[assignment]
 
 
-def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+# Set to 1 by the Snakefile when snakemake runs with --verbose; the jobs inherit it.
+VERBOSE_ENV = "TRAINRELAY_VERBOSE"
+
+
+def verbose_requested() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console shows trainrelay's own records and other libraries' errors; the libraries'
+    INFO and WARNING chatter (fontTools subsetting, weasyprint, torch's export warnings) only with
+    --verbose. The rule's log file keeps every record either way."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == "trainrelay" or record.name.startswith("trainrelay.")
+        return self.verbose or own or record.levelno > logging.WARNING
+
+
+def setup_logging(
+    log_file: str | None = None, level: int = logging.INFO, verbose: bool | None = None
+) -> None:
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_ConsoleFilter(verbose_requested() if verbose is None else verbose))
+    handlers: list[logging.Handler] = [console]
     if log_file:
         try:
             handlers.append(_LogFileHandler(log_file, mode="w", encoding="utf-8"))
@@ -72,6 +100,9 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
         handlers=handlers,
         force=True,
     )
+    # warnings.warn (torch's export and deprecation warnings) become "py.warnings" records, so
+    # they reach the log file and obey the console filter instead of printing past it.
+    logging.captureWarnings(True)
 
 
 def user_error_line(
@@ -91,6 +122,9 @@ def run_rule(smk: Any, work: Callable[[Any], None]) -> None:
     setup_logging(log_file)
     outputs = [str(path) for path in smk.output]
     free_at_start = free_space_by_device(outputs)
+    stage = _stage_name(smk)
+    started = time.monotonic()
+    print(f"trainrelay: {stage} started", file=sys.stderr, flush=True)
     try:
         work(smk)
     except Exception as exc:
@@ -101,3 +135,24 @@ def run_rule(smk: Any, work: Callable[[Any], None]) -> None:
         logging.getLogger("trainrelay").error(message)
         print(f"trainrelay: error in rule {smk.rule}: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
+    print(
+        f"trainrelay: {stage} finished in {_duration(time.monotonic() - started)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _stage_name(smk: Any) -> str:
+    """``train_policy_fold (fold=3)``: the rule and its wildcards, as a user names the job."""
+    wildcards = getattr(smk, "wildcards", None)
+    items = dict(wildcards.items()) if wildcards is not None and hasattr(wildcards, "items") else {}
+    if not items:
+        return str(smk.rule)
+    return f"{smk.rule} ({', '.join(f'{k}={v}' for k, v in items.items())})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

@@ -9,11 +9,13 @@ realised volatility regressed on the averages of past RV over a day, a week and 
   (``forecaster.har.days``): crypto trades around the clock every day, so a week of bars is 7
   calendar days and a month 30 — Corsi's 5 and 22 count *trading* days of an exchange that closes
   at weekends, which would make the "weekly" average cover less than a week here.
-- *Only the lookback.* A window gives every model the same ``lookback`` bars, and HAR gets no
-  more: an average longer than the lookback is cut to the lookback, and averages that end up the
-  same length are merged (a duplicate column would make the regression singular). ``fit_info``
-  lists the requested and used windows and says which were cut — with the demo's one-day
-  lookback HAR is the regression on the daily mean alone.
+- *Its own history, not the lookback.* HAR-RV is published with its month of history, and a
+  baseline cut to the neural models' lookback would be a weaker HAR than the one a reader knows. So
+  each average is over the bars of the same series that end at the window's last input bar —
+  data known at forecast time, never a bar after it and never another symbol's. A window with less
+  history than a window length (the first month of a series) averages the bars it has;
+  ``fit_info`` says so. The neural models' lookback is their own design choice, which the HAR
+  comparison therefore judges instead of hiding.
 - *Direct, one regression per horizon step.* ``RV[t+h]`` for each ``h = 1..H`` has its own
   coefficients (one ``lstsq`` with ``H`` right-hand sides), the usual way HAR forecasts several
   steps ahead without forecasting the weekly and monthly averages themselves.
@@ -56,29 +58,32 @@ def channel_windows(windows: WindowSet, channel: int) -> tuple[np.ndarray, np.nd
     return values[:, : windows.lookback], values[:, windows.lookback :]
 
 
-def har_windows(days: tuple[float, ...], per_day: float, lookback: int) -> tuple[list[int], list[str]]:
-    """The averaging windows in bars actually used, and a note per window cut to the lookback."""
-    used: list[int] = []
-    notes = []
-    for d in days:
-        want = max(1, round(d * per_day))
-        have = min(want, lookback)
-        note = f"{d:g}-day window ({want} bars)"
-        if have < want:
-            note += f" cut to the lookback ({lookback} bars)"
-        if have in used:
-            notes.append(f"{note}: the same bars as a shorter window, merged with it")
-        else:
-            used.append(have)
-            if have < want:
-                notes.append(note)
-    return sorted(used), notes
+def har_windows(days: tuple[float, ...], per_day: float) -> list[int]:
+    """The averaging windows in bars, ascending; days that round to the same bars count once
+    (a duplicate column would make the regression singular)."""
+    return sorted({max(1, round(d * per_day)) for d in days})
 
 
-def har_design(x: np.ndarray, windows: list[int]) -> np.ndarray:
-    """``[n, 1 + len(windows)]``: an intercept and the mean of each window's last bars."""
-    cols = [np.ones(len(x))] + [x[:, -w:].mean(axis=1) for w in windows]
-    return np.stack(cols, axis=1)
+def history_means(windows: WindowSet, channel: int, widths: list[int]) -> np.ndarray:
+    """``[n, len(widths)]``: per window, the mean of ``channel`` over the last ``w`` bars of its
+    series that end at the window's last input bar (fewer at the series' start)."""
+    values = windows.data[:, channel].cpu().numpy().astype(np.float64)
+    cumsum = np.concatenate([[0.0], np.cumsum(values)])
+    last = windows.starts.cpu().numpy() + windows.lookback - 1  # the last input row of each window
+    if windows.series_starts is None:
+        raise ValueError("history_means needs WindowSet.series_starts (build windows with split_windows)")
+    firsts = windows.series_starts.cpu().numpy()
+    first = firsts[np.searchsorted(firsts, last, side="right") - 1]  # first row of the window's series
+    out = np.empty((len(last), len(widths)))
+    for j, w in enumerate(widths):
+        lo = np.maximum(first, last - w + 1)
+        out[:, j] = (cumsum[last + 1] - cumsum[lo]) / (last + 1 - lo)
+    return out
+
+
+def har_design(means: np.ndarray) -> np.ndarray:
+    """``[n, 1 + k]``: an intercept beside the ``k`` history means."""
+    return np.concatenate([np.ones((len(means), 1)), means], axis=1)
 
 
 @dataclass
@@ -86,26 +91,34 @@ class HARRV:
     """HAR-RV fitted by OLS on one channel's train windows (see the module docstring)."""
 
     windows: list[int]  # averaging windows in bars, ascending
-    notes: list[str] = field(default_factory=list)
     coef: np.ndarray | None = None  # [1 + len(windows), horizon]
+    short_history: dict[str, float] = field(default_factory=dict)  # split -> share of windows
 
     @classmethod
-    def from_config(cls, days: tuple[float, ...], interval: str, lookback: int) -> HARRV:
-        used, notes = har_windows(tuple(days), bars_per_day(interval), lookback)
-        return cls(windows=used, notes=notes)
+    def from_config(cls, days: tuple[float, ...], interval: str) -> HARRV:
+        return cls(windows=har_windows(tuple(days), bars_per_day(interval)))
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> HARRV:
-        """OLS of every horizon step of ``y [n, H]`` on the averages of ``x [n, L]``."""
-        design = har_design(x, self.windows)
+    def design(self, windows: WindowSet, channel: int, split: str = "") -> np.ndarray:
+        """The regressors of every window; records the share with less history than the longest
+        average (their means are over the bars there are)."""
+        if split and len(windows):
+            last = windows.starts.cpu().numpy() + windows.lookback - 1
+            firsts = windows.series_starts.cpu().numpy() if windows.series_starts is not None else [0]
+            first = np.asarray(firsts)[np.searchsorted(firsts, last, side="right") - 1]
+            self.short_history[split] = float(np.mean(last - first + 1 < self.windows[-1]))
+        return har_design(history_means(windows, channel, self.windows))
+
+    def fit(self, design: np.ndarray, y: np.ndarray) -> HARRV:
+        """OLS of every horizon step of ``y [n, H]`` on the regressors ``design [n, 1 + k]``."""
         if len(design) <= design.shape[1]:
             raise DataError(f"HAR-RV: {len(design)} train windows cannot fit {design.shape[1]} coefficients")
         self.coef, *_ = np.linalg.lstsq(design, y, rcond=None)
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, design: np.ndarray) -> np.ndarray:
         if self.coef is None:
             raise RuntimeError("HARRV.predict before fit")
-        return har_design(x, self.windows) @ self.coef
+        return design @ self.coef
 
     def fit_info(self, interval: str, days: tuple[float, ...]) -> dict[str, Any]:
         assert self.coef is not None
@@ -115,7 +128,9 @@ class HARRV:
             "bars_per_day": bars_per_day(interval),
             "days": list(days),
             "windows_bars": list(self.windows),
-            "notes": list(self.notes),
+            "history": "each average ends at the window's last input bar, over its own series",
+            # windows whose series began less than the longest average before them
+            "short_history_share": dict(self.short_history),
             "fit": "OLS on the train windows (scaled values), one regression per horizon step",
             # step 1's coefficients: the one-step-ahead HAR most papers report
             "coefficients_step1": dict(zip(names, (float(v) for v in self.coef[:, 0]), strict=True)),

@@ -75,8 +75,15 @@ def scaled_series(
     return out
 
 
-def split_bounds(segments: pl.DataFrame, fold: int) -> dict[str, tuple[np.datetime64, np.datetime64]]:
-    """Inclusive (start, end) bar close times of train / val / test of ``fold``."""
+def split_bounds(
+    segments: pl.DataFrame, fold: int, test_span: str = "fold"
+) -> dict[str, tuple[np.datetime64, np.datetime64]]:
+    """Inclusive (start, end) bar close times of train / val / test of ``fold``.
+
+    ``test_span: all_folds`` stretches test from the fold's test start to the end of the last
+    fold's test block: a forecaster trained before the first test block has seen none of those
+    bars, so every policy test block scores it, not only the first month.
+    """
     part = segments.filter(pl.col("fold") == fold)
     if part.is_empty():
         have = sorted(set(segments["fold"].to_list()))
@@ -89,6 +96,11 @@ def split_bounds(segments: pl.DataFrame, fold: int) -> dict[str, tuple[np.dateti
         start = rows["start"].min().replace(tzinfo=None)
         end = rows["end"].max().replace(tzinfo=None)
         bounds[split] = (np.datetime64(start, "ms"), np.datetime64(end, "ms"))
+    if test_span == "all_folds":
+        later = segments.filter((pl.col("fold") >= fold) & (pl.col("split") == "test"))
+        bounds["test"] = (bounds["test"][0], np.datetime64(later["end"].max().replace(tzinfo=None), "ms"))
+    elif test_span != "fold":
+        raise ConfigError(f"forecaster.test_span '{test_span}' must be fold or all_folds")
     return bounds
 
 
@@ -130,5 +142,6 @@ def load_fold(
             f"cannot read {features_path} / {segments_path} ({exc}); rerun the segments rule"
         ) from exc
     series = scaled_series(features, scaler, fc["fold"], channels)
-    windows = fold_windows(series, split_bounds(segments, fc["fold"]), fc["lookback"], fc["horizon"])
+    bounds = split_bounds(segments, fc["fold"], fc.get("test_span", "fold"))
+    windows = fold_windows(series, bounds, fc["lookback"], fc["horizon"])
     return series, windows, channels, scaler

@@ -55,7 +55,9 @@ PAPER_TEST_BATCH = 128  # the official test loader's batch size (drop_last=True)
 def paper_loader_windows(windows: WindowSet, batch_size: int = PAPER_TEST_BATCH) -> WindowSet:
     """The windows an official test loader scores: whole batches only, in order."""
     kept = len(windows) // batch_size * batch_size
-    return WindowSet(windows.data, windows.starts[:kept], windows.lookback, windows.horizon)
+    return WindowSet(
+        windows.data, windows.starts[:kept], windows.lookback, windows.horizon, windows.series_starts
+    )
 
 
 def read_ett(path: str | Path) -> tuple[np.ndarray, list[str], int]:

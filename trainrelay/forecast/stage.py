@@ -105,12 +105,13 @@ def _baseline_scores(
         days = tuple(har_cfg.get("days") or baselines.DEFAULT_DAYS)
         interval = str(config["intervals"]["bar"])
         c = channels.index(vol)
-        har = baselines.HARRV.from_config(days, interval, fc["lookback"])
-        har.fit(*baselines.channel_windows(windows["train"], c))
+        har = baselines.HARRV.from_config(days, interval)
+        har.fit(har.design(windows["train"], c, "train"), baselines.channel_windows(windows["train"], c)[1])
         entry: dict[str, Any] = {}
         for split in SPLITS:
-            x, y = baselines.channel_windows(windows[split], c)
-            entry[split] = fm.channel_scores(har.predict(x), y, vol, scaling, **roles)
+            _, y = baselines.channel_windows(windows[split], c)
+            forecast = har.predict(har.design(windows[split], c, split))
+            entry[split] = fm.channel_scores(forecast, y, vol, scaling, **roles)
         scores["har_rv"] = {vol: entry}
         info["har_rv"] = {"channel": vol, **har.fit_info(interval, days)}
     if ret is None:

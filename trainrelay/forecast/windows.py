@@ -23,6 +23,8 @@ class WindowSet:
     starts: torch.Tensor  # int64 [windows]: first input row of each window in ``data``
     lookback: int
     horizon: int
+    # int64 [series]: first row of each series in ``data``, so history never crosses symbols
+    series_starts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.starts.numel())
@@ -40,7 +42,7 @@ class WindowSet:
             if device.type == "cuda"
             else (lambda t: t.to(device))
         )
-        return WindowSet(move(self.data), move(self.starts), self.lookback, self.horizon)
+        return WindowSet(move(self.data), move(self.starts), self.lookback, self.horizon, self.series_starts)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs ``[b, lookback, C]`` and targets ``[b, horizon, C]`` of the windows ``index``."""
@@ -61,8 +63,9 @@ def split_windows(
     ``series[i]`` is ``[rows_i, channels]``; ``target_ranges[i]`` the split's rows in it.
     Window count per series: ``hi - max(lo, lookback) - horizon + 1`` (never negative).
     """
-    chunks, starts, offset = [], [], 0
+    chunks, starts, offset, series_starts = [], [], 0, []
     for values, (lo, hi) in zip(series, target_ranges, strict=True):
+        series_starts.append(offset)
         first = max(0, lo - lookback)
         last = min(hi, len(values)) - lookback - horizon
         if last >= first:
@@ -71,7 +74,13 @@ def split_windows(
         offset += len(values)
     data = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros((0, 0))
     index = torch.from_numpy(np.concatenate(starts)) if starts else torch.zeros(0, dtype=torch.int64)
-    return WindowSet(data=data, starts=index, lookback=lookback, horizon=horizon)
+    return WindowSet(
+        data=data,
+        starts=index,
+        lookback=lookback,
+        horizon=horizon,
+        series_starts=torch.tensor(series_starts, dtype=torch.int64),
+    )
 
 
 def trailing_windows(values: np.ndarray, lookback: int) -> torch.Tensor:

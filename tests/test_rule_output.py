@@ -1,0 +1,49 @@
+"""What a rule prints: its start and finish with the time, trainrelay's records, and the
+libraries' chatter only with --verbose (TRAINRELAY_VERBOSE=1); the log file keeps everything."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from trainrelay.rulerun import run_rule
+
+
+def _chatter(smk: SimpleNamespace) -> None:
+    logging.getLogger("trainrelay.report.pdf").info("report written")
+    logging.getLogger("fontTools.subset").info("Glyph names: 120 subset")
+    logging.getLogger("weasyprint").warning("Ignored `widows: 2`")
+    warnings.warn("torch.onnx: dynamic_axes is deprecated", UserWarning, stacklevel=1)
+    logging.getLogger("fontTools.ttLib").error("a broken font")
+
+
+def _smk(tmp_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(
+        rule="train_policy_fold",
+        wildcards={"fold": "3"},
+        log=[str(tmp_path / "rule.log")],
+        output=[str(tmp_path / "out.txt")],
+    )
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_chatter_reaches_the_console_only_when_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verbose: bool
+) -> None:
+    monkeypatch.setenv("TRAINRELAY_VERBOSE", "1" if verbose else "0")
+    try:
+        run_rule(_smk(tmp_path), _chatter)
+    finally:
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert "trainrelay: train_policy_fold (fold=3) started" in err
+    assert "trainrelay: train_policy_fold (fold=3) finished in " in err and " s\n" in err
+    assert "report written" in err and "a broken font" in err  # ours, and a library's error
+    chatter = ("Glyph names", "Ignored `widows", "dynamic_axes is deprecated")
+    assert all((c in err) is verbose for c in chatter), err
+    log = (tmp_path / "rule.log").read_text()
+    assert all(c in log for c in chatter)  # the log file keeps every record
