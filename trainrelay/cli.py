@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trainrelay.commands.dashboard",
         "export dashboard state (and run history) from a results folder",
     ),
+    "diff": (
+        "trainrelay.commands.diff",
+        "what changed between two runs: config keys, inputs, stages, metric deltas",
+    ),
     "verify-package": ("trainrelay.commands.verify_package", "check a deployment bundle against SHA256SUMS"),
     "pack": ("trainrelay.commands.pack", "pack many small raw files into one verified tar, or --unpack it"),
     "runpod-plan": ("trainrelay.commands.runpod_plan", "print the RunPod upload checklist and step order"),
