@@ -148,7 +148,7 @@ def policy_config(**ppo: object) -> dict:
     ppo_cfg = {
         "total_timesteps": 2048,
         "n_envs": 2,
-        "vec_env": "dummy",
+        "vec_env": "array",
         "n_steps": 128,
         "batch_size": 64,
         "n_epochs": 2,

@@ -44,6 +44,7 @@ from trainrelay.policy.observations import (
     fit_spec,
     split_ranges,
 )
+from trainrelay.policy.vec_env import ArrayTradingVecEnv
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ def default_state_dir(config: dict[str, Any], fold: int, variant: str | None = N
 
 
 def make_vec_env(env_fns: list, kind: str) -> VecEnv:
+    """``policy.ppo.vec_env``: ``array`` (all envs as numpy arrays, no Python per env step; bit-for-bit
+    the ``dummy`` results), ``dummy`` (gymnasium envs in sequence) or ``subproc`` (one process each)."""
+    if kind == "array":
+        template = env_fns[0]()
+        if not isinstance(template, TradingEnv):
+            raise ConfigError(
+                f"policy.ppo.vec_env: array steps TradingEnv only, not {type(template).__name__}"
+            )
+        return ArrayTradingVecEnv.like(template, len(env_fns))
     if kind == "subproc" and len(env_fns) > 1:
         return SubprocVecEnv(env_fns)
     return DummyVecEnv(env_fns)
