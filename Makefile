@@ -36,7 +36,7 @@ setup-gpu: $(STAMP)
 	-$(BIN)/python -m pip install --quiet $$(grep -E '^tensorrt' envs/requirements-gpu.txt)
 
 demo: $(STAMP)
-	$(SNAKEMAKE) --workflow-profile local -j1
+	$(SNAKEMAKE) --profile local -j1
 	@echo "trainrelay demo finished: results in results/$(RUN)/, report in reports/$(RUN)/"
 
 lint: $(STAMP)

@@ -1,4 +1,9 @@
-"""Inference engines: export_onnx (parity-checked) -> benchmark (measure, constrain, select)."""
+"""Inference engines: export_onnx (parity-checked) -> benchmark (measure, constrain, select).
+
+Both rules are in group "engines": on Slurm they run as one job on one GPU node (the group asks for
+the larger of their resources, gpu=1 unless device is cpu), so the exported models and their sample
+inputs are measured on the node that wrote them, after one queue wait. Locally a group changes nothing.
+"""
 
 
 rule export_onnx:
@@ -11,8 +16,8 @@ rule export_onnx:
         forecasts=rules.precompute.output.forecasts,
         text=rules.embeddings.output.embeddings,
     output:
-        forecaster=f"{RESULTS}/models/forecaster.onnx",
-        policy=f"{RESULTS}/models/policy.onnx",
+        forecaster=ensure(f"{RESULTS}/models/forecaster.onnx", non_empty=True),
+        policy=ensure(f"{RESULTS}/models/policy.onnx", non_empty=True),
         parity=f"{RESULTS}/models/onnx_parity.json",
         forecaster_inputs=f"{RESULTS}/models/forecaster_inputs.npy",
         policy_inputs=f"{RESULTS}/models/policy_inputs.npy",
@@ -20,6 +25,8 @@ rule export_onnx:
         f"{LOGS}/export_onnx.log",
     benchmark:
         f"{BENCH}/export_onnx.tsv"
+    group:
+        "engines"
     conda:
         CONDA_ENV
     resources:
@@ -51,6 +58,8 @@ rule benchmark:
         f"{LOGS}/benchmark.log",
     benchmark:
         f"{BENCH}/benchmark.tsv"
+    group:
+        "engines"
     conda:
         CONDA_ENV
     # one thread: timings taken while another job competes for the cores are noise

@@ -23,3 +23,23 @@ rule package:
         config=config_params("package"),
     script:
         "../scripts/package.py"
+
+
+# `snakemake release`: the bundle as handed out, write-protected. Not part of `all`: the working
+# bundle above is rebuilt whenever its inputs change (a new seed, `--forcerun export_onnx`), which a
+# protected file would refuse. Once released, a version is fixed: after the bundle changes, asking
+# for `release` again stops with Snakemake's "Write-protected output files" error; raise
+# package.version (a new file name) or delete the old release by hand.
+rule release:
+    input:
+        bundle=rules.package.output.bundle,
+    output:
+        bundle=protected(f"{RESULTS}/release/{bundle_filename(config)}"),
+    log:
+        f"{LOGS}/release.log",
+    # a copy: on Slurm it runs in the snakemake process on the login node
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "cp {input.bundle} {output.bundle} 2> {log}"

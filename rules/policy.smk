@@ -12,7 +12,9 @@ rule train_policy_fold:
     input:
         **policy_inputs(),
     output:
-        policy=f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip",
+        policy=ensure(
+            f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip", non_empty=True
+        ),
         loss=f"{RESULTS}/artifacts/loss/folds/{{fold}}/ppo.csv",
     log:
         f"{LOGS}/train_policy_fold_{{fold}}.log",
@@ -43,7 +45,7 @@ rule train_policy:
         policy=f"{RESULTS}/checkpoints/folds/{LAST_FOLD}/ppo_policy.zip",
         loss=f"{RESULTS}/artifacts/loss/folds/{LAST_FOLD}/ppo.csv",
     output:
-        policy=f"{RESULTS}/checkpoints/ppo_policy.zip",
+        policy=ensure(f"{RESULTS}/checkpoints/ppo_policy.zip", non_empty=True),
         loss=report(
             f"{RESULTS}/artifacts/loss/ppo.csv",
             category="Policy",
@@ -53,6 +55,8 @@ rule train_policy:
         f"{LOGS}/train_policy.log",
     benchmark:
         f"{BENCH}/train_policy.tsv"
+    # a copy: on Slurm it runs in the snakemake process on the login node, not as a queued job
+    localrule: True
     conda:
         CONDA_ENV
     threads: 1
@@ -64,7 +68,10 @@ rule train_policy_ablation:
     input:
         **policy_inputs(),
     output:
-        policy=f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
+        policy=ensure(
+            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
+            non_empty=True,
+        ),
         loss=f"{RESULTS}/artifacts/loss/ablation/{{variant}}/folds/{{fold}}/ppo.csv",
     log:
         f"{LOGS}/train_policy_ablation_{{variant}}_{{fold}}.log",

@@ -25,6 +25,8 @@ rule report:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
+    # cheap (summarises finished files): on Slurm it runs in the snakemake process on the login node
+    localrule: True
     conda:
         CONDA_ENV
     resources:
@@ -58,6 +60,8 @@ rule validate:
         f"{LOGS}/validate.log",
     benchmark:
         f"{BENCH}/validate.tsv"
+    # cheap (checks finished files): on Slurm it runs in the snakemake process on the login node
+    localrule: True
     conda:
         CONDA_ENV
     params:
@@ -79,6 +83,8 @@ rule dashboard:
         f"{LOGS}/dashboard.log",
     benchmark:
         f"{BENCH}/dashboard.tsv"
+    # cheap (writes the dashboard state): on Slurm it runs in the snakemake process on the login node
+    localrule: True
     conda:
         CONDA_ENV
     params:

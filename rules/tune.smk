@@ -49,6 +49,8 @@ rule tune:
         f"{LOGS}/tune.log",
     benchmark:
         f"{BENCH}/tune.tsv"
+    # cheap (reads the workers' results): on Slurm it runs in the snakemake process on the login node
+    localrule: True
     conda:
         CONDA_ENV
     resources:
