@@ -66,7 +66,17 @@ def test_report_json_holds_the_numbers(built: tuple[Path, dict[str, Path]]) -> N
     # unavailable and failed engines fail the constraints with their reason, never with a number
     trt = next(r for r in report["benchmark"]["evaluation"] if r["engine"] == "ort_tensorrt_fp16")
     assert not trt["meets_all"] and "TensorRT is not installed" in " ".join(trt["notes"])
-    assert any("TensorRT is not installed" in line for line in report["recommendations"])
+    # engines that could not run here: one row per reason with how to enable them, one recommendation
+    not_run = {e["reason"]: e for e in report["benchmark"]["not_run"]}
+    assert [g["engine"] for g in not_run["TensorRT is not installed"]["engines"]] == ["ort_tensorrt_fp16"]
+    assert "make setup-gpu" in not_run["TensorRT is not installed"]["how_to_enable"]
+    assert not_run["TensorRT is not installed"]["models"] == ["forecaster", "policy"]
+    assert [line for line in report["recommendations"] if "could not run on this machine" in line] == [
+        "2 engines could not run on this machine (ort_tensorrt_fp16, torch_cuda_graph_bf16): the table "
+        "“Engines not run on this machine” says why and how to enable each."
+    ]
+    assert any(line.startswith("ort_cuda was tried and failed: CUDAExecutionProvider could not be created")
+               for line in report["recommendations"])  # fmt: skip
     assert report["policy"]["ablations"]["no_text"]["sharpe"] == 1.12
     # every strategy row carries its interval, the paired difference to buy-and-hold and costs
     policy = report["policy"]["table"][0]
@@ -96,9 +106,9 @@ def test_html_has_both_views_and_real_charts(built: tuple[Path, dict[str, Path]]
     assert "-28.6 %" in html  # patchtst test MSE vs naive
     assert "CUDA is not available" in html
     # the intervals are on the page (the PDF renders this same HTML)
-    assert 'policy Sharpe (95 % CI)</th><td class="num">1.21 (-2.9 to 5.4) vs buy-and-hold 0.74' in html
+    assert "policy Sharpe (95 % CI)</th><td>1.21 (-2.9 to 5.4) vs buy-and-hold 0.74" in html
     assert 'id="policy-intervals"' in html and 'id="policy-costs"' in html and 'id="policy-folds"' in html
-    assert '<td>policy</td><td class="num">1.21</td><td class="num">-2.9 to 5.4</td>' in html
+    assert '<td>policy</td><td class="num">1.21</td><td class="num ci">-2.9 to 5.4</td>' in html
     assert "Too short to tell: the walk-forward test covers 10.6 days" in html
     charts = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(charts) >= 6  # losses, PPO, MSE bars, equity, latency per model

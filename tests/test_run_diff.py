@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
-from tests.fixtures_run import build_reported_run
+from tests.fixtures_run import build_reported_run, fixture_config
 from trainrelay.atomic import write_json, write_parquet
 from trainrelay.cli import main as cli_main
 from trainrelay.config import config_digest
@@ -41,19 +41,23 @@ def _base_config(run: str) -> dict:
     return config
 
 
-def _clone(reported: Path, root: Path, name: str, config: dict | None = None) -> Path:
+def _clone(
+    reported: Path, root: Path, name: str, config: dict | None = None, drop_config: bool = False
+) -> Path:
     """A copy of the fixture run as ``root/results/<name>`` + ``root/reports/<name>``.
 
-    With ``config`` the clone's report.json records it under ``config``, as the report stage is to
-    write it (the fixture's report stage does not yet): the one writer change the key diff needs.
+    With ``config`` the clone's report.json records that config instead of the one the report
+    stage wrote; ``drop_config`` removes it, as in a run made before the report recorded it.
     """
     results = root / "results" / name
     shutil.copytree(reported / "results" / "fixture", results)
     shutil.copytree(reported / "reports" / "fixture", root / "reports" / name)
-    if config is not None:
+    if config is not None or drop_config:
         path = root / "reports" / name / "report.json"
         report = json.loads(path.read_text())
-        report["config"] = config
+        report.pop("config", None)
+        if config is not None:
+            report["config"] = config
         write_json(path, report)
     return results
 
@@ -192,7 +196,7 @@ def test_run_without_recorded_config_says_what_was_not_compared(
     reported: Path, tmp_path: Path, capsys
 ) -> None:
     _clone(reported, tmp_path, "a", _base_config("a"))
-    _clone(reported, tmp_path, "b")  # as the report stage writes it today: no config in report.json
+    _clone(reported, tmp_path, "b", drop_config=True)  # a run from before report.json had its config
     code, out, _ = _run_cli(capsys, "a", "b", "--root", str(tmp_path))
     assert code == 0
     assert "no differences" in out
@@ -335,3 +339,9 @@ def test_stage_keys_match_the_rules() -> None:
         ours = stage_keys({"source": source})
         assert ours.pop("environment") == ["device"]
         assert ours == scope["STAGE_CONFIG"], source
+
+
+def test_the_report_stage_records_the_resolved_config(reported: Path) -> None:
+    """The writer side of the key diff: report.json carries the config the run resolved."""
+    report = json.loads((reported / "reports" / "fixture" / "report.json").read_text())
+    assert report["config"] == json.loads(json.dumps(fixture_config()))

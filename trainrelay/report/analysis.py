@@ -188,6 +188,78 @@ def benchmark_rows(benchmark: pl.DataFrame) -> list[dict[str, Any]]:
     return records(benchmark.sort("model", "engine", "device", "precision", "batch", "status"))
 
 
+# What makes an engine that could not run here run: the first rule whose test matches the engine
+# name (lower case) and the benchmark's reason wins. The one place the report's advice lives.
+_GPU_ELSEWHERE = "or run the workflow on a GPU pod (`--workflow-profile runpod`, docs/runpod.md)"
+_HOW_TO_ENABLE: tuple[tuple[Any, str], ...] = (
+    (
+        lambda engine, reason: "no torch module" in reason,
+        "give the benchmark the model's torch checkpoint (`--checkpoint`); the workflow always does",
+    ),
+    (
+        lambda engine, reason: "did not register" in reason,
+        "onnxruntime-gpu is installed but its CUDA/cuDNN libraries did not load: install the CUDA "
+        "build of torch, whose nvidia-* wheels carry them (docs/engines.md, GPU setup)",
+    ),
+    (
+        lambda engine, reason: "tensorrt" in engine or "tensorrt" in reason,
+        "needs a CUDA GPU and TensorRT: `make setup-gpu` on a GPU machine installs onnxruntime-gpu "
+        f"and TensorRT (`pip install tensorrt-cu12`, from NVIDIA's index), {_GPU_ELSEWHERE}",
+    ),
+    (
+        lambda engine, reason: engine.startswith("ort") and ("cuda" in engine or "cuda" in reason),
+        f"needs a CUDA GPU and onnxruntime-gpu: `make setup-gpu` on a GPU machine, {_GPU_ELSEWHERE}",
+    ),
+    (
+        lambda engine, reason: "cuda" in engine or "cuda" in reason,
+        "needs a CUDA GPU and the CUDA build of torch: `make setup-gpu` on a GPU machine "
+        f"(docs/local-cuda.md), {_GPU_ELSEWHERE}",
+    ),
+)
+_HOW_TO_FALLBACK = "see the reason; docs/engines.md lists what each engine needs"
+
+
+def how_to_enable(engine: str, reason: str | None) -> str:
+    """One sentence on how to make ``engine`` run where the benchmark gave ``reason`` for not running it."""
+    engine_l, reason_l = str(engine).lower(), str(reason or "").lower()
+    return next((advice for test, advice in _HOW_TO_ENABLE if test(engine_l, reason_l)), _HOW_TO_FALLBACK)
+
+
+def engines_not_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The engines the benchmark could not run on this machine (status ``unavailable``): one row per
+    reason, naming its engines, the models and batches they stand for, and how to enable them.
+
+    The report shows these once, in their own table, instead of one row per engine, model and batch
+    in every benchmark table. ``failed`` rows (the engine ran, then broke) stay in the detail tables.
+    """
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "unavailable":
+            continue
+        reason = str(row["reason"] or "no reason recorded")
+        advice = how_to_enable(row["engine"], row["reason"])
+        entry = groups.setdefault((reason, advice), {"engines": {}, "models": set(), "batches": set()})
+        entry["engines"][str(row["engine"])] = f"{row['device']}, {row['precision']}"
+        entry["models"].add(str(row["model"]))
+        entry["batches"].add(row["batch"])
+    out = [
+        {
+            "engines": [{"engine": e, "where": entry["engines"][e]} for e in sorted(entry["engines"])],
+            "reason": reason,
+            "how_to_enable": advice,
+            "models": sorted(entry["models"]),
+            "batches": sorted(entry["batches"]),
+        }
+        for (reason, advice), entry in groups.items()
+    ]
+    return sorted(out, key=lambda e: (e["engines"][0]["engine"], e["reason"]))
+
+
+def not_run_line(engine: str, reason: Any) -> str:
+    """The selection's reasoning line for an engine that was not measured (trainrelay.bench.select)."""
+    return f"{engine} was not measured: {reason}."
+
+
 def engine_deltas(rows: list[dict[str, Any]], baseline: dict[str, str]) -> list[dict[str, Any]]:
     """Each measured row against the baseline engine's row for the same model and batch.
 
@@ -274,6 +346,12 @@ def chosen_engines(inputs: RunInputs, deltas: list[dict[str, Any]]) -> list[dict
     rows = benchmark_rows(inputs.benchmark)
     for model, entry in sorted(inputs.selection["models"].items()):
         entry = entry or {}
+        # shown once, in the table of engines not run, not in every model's reasoning
+        not_run = {
+            not_run_line(r["engine"], r["reason"])
+            for r in rows
+            if r["model"] == model and r["status"] == "unavailable"
+        }
         chosen = entry.get("chosen")
         key = _chosen_key(chosen)
         measured = next(
@@ -295,6 +373,7 @@ def chosen_engines(inputs: RunInputs, deltas: list[dict[str, Any]]) -> list[dict
                 "speedup_p50": delta["speedup_p50"] if delta else None,
                 "baseline": delta["baseline"] if delta else None,
                 "reasoning": [str(line) for line in entry.get("reasoning", [])],
+                "reasoning_shown": [str(line) for line in entry.get("reasoning", []) if line not in not_run],
             }
         )
     return out
@@ -344,13 +423,16 @@ def recommendations(
                 f"ONNX parity failed for the {model}: do not deploy its ONNX file; check export_onnx's log."
             )
     rows = benchmark_rows(inputs.benchmark)
-    unavailable = sorted(
-        {(r["engine"], r["status"], r["reason"] or "no reason recorded") for r in rows if r["status"] != "ok"}
-    )
-    for engine, status, reason in unavailable:
+    not_run = sorted({r["engine"] for r in rows if r["status"] == "unavailable"})
+    if not_run:
         out.append(
-            f"{engine} was {'not measured' if status == 'unavailable' else 'tried and failed'}: {reason}."
+            f"{len(not_run)} engine{'s' if len(not_run) != 1 else ''} could not run on this machine "
+            f"({', '.join(not_run)}): the table “Engines not run on this machine” says why and how "
+            "to enable each."
         )
+    failed = sorted({(r["engine"], r["reason"] or "no reason") for r in rows if r["status"] == "failed"})
+    for engine, reason in failed:
+        out.append(f"{engine} was tried and failed: {reason}.")
     if inputs.policy_metrics.get("ablations") is None:
         out.append(
             "Ablations were not run; enable them to see what the forecast and text features contribute."

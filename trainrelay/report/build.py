@@ -1,8 +1,10 @@
 """Build ``reports/<run>/report.{html,pdf,json}`` and ``metrics.csv`` from a run's artifacts.
 
 Two views in one document: the *simple* view (which engine to deploy, the key numbers, why and
-how) and the *technical* view (run metadata, data, training curves, metrics vs baselines, raw
-benchmark, deltas vs the baseline engine, constraint evaluation, recommendations).
+how, the recommendations, and the engines that could not run on this machine: one table, with
+how to enable each; it fits on two PDF pages) and the *technical* view (run metadata, data,
+training curves, metrics vs baselines, the benchmark of every engine that ran, deltas vs the
+baseline engine, constraint evaluation, the selection's reasoning, the inputs' digests).
 
 Deterministic: everything shown comes from the inputs (no clock, no hostname), charts are
 deterministic SVG and JSON is written with sorted keys, so rebuilding from the same inputs gives
@@ -29,7 +31,17 @@ from trainrelay.report import analysis, charts
 from trainrelay.report.deploy import deploy_instructions
 from trainrelay.report.inputs import RunInputs, load_run_inputs
 from trainrelay.report.pdf import write_pdf
-from trainrelay.report.values import flatten, fmt, fmt_pct, fmt_when, jsonable, records, table_of
+from trainrelay.report.values import (
+    breakable,
+    code_spans,
+    flatten,
+    fmt,
+    fmt_pct,
+    fmt_when,
+    jsonable,
+    records,
+    table_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +117,8 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
         "trainrelay_version": __version__,
         "git_commit": git_commit,
         "config_fingerprint": config_fingerprint(config),
+        # the resolved config: `python -m trainrelay diff` compares two runs key by key from it
+        "config": config,
         "data_through": data["last_ts"],
         "environment": inputs.environment,
         "data": data,
@@ -134,6 +148,7 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
         "onnx_parity": inputs.onnx_parity,
         "benchmark": {
             "rows": bench_rows,
+            "not_run": analysis.engines_not_run(bench_rows),
             "baseline": baseline,
             "deltas": deltas,
             "constraints": analysis.configured_constraints(inputs.selection),
@@ -257,6 +272,8 @@ def render_html(context: dict[str, Any], svgs: dict[str, str]) -> str:
     env.filters["flatten"] = flatten
     env.filters["when"] = fmt_when
     env.filters["table_of"] = table_of
+    env.filters["breakable"] = breakable
+    env.filters["code_spans"] = code_spans
     css = (_HERE / "templates" / "report.css").read_text(encoding="utf-8")
     images = {name: charts.data_uri(svg) for name, svg in svgs.items()}
     return env.get_template("report.html.j2").render(r=context, css=css, charts=images)

@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from trainrelay.atomic import atomic_path
 
@@ -115,19 +116,29 @@ class _DropMessage(logging.Filter):
         return self.fragment not in record.getMessage()
 
 
-def render_pdf(html: str, base_url: str | Path) -> bytes:
-    """The PDF of ``html`` as bytes; deterministic as described in this module's docstring."""
+def layout_document(html: str, base_url: str | Path) -> Any:
+    """``html`` laid out into pages with the shipped fonts (a ``weasyprint.Document``).
+
+    The PDF is written from exactly this layout, so its pages and boxes (``document.pages``, each
+    page's ``anchors`` and ``_page_box`` tree) are what the tests measure: page counts, where a
+    view starts, whether a table fits the page.
+    """
     import weasyprint
     from weasyprint.text.fonts import FontConfiguration
 
+    # @font-face rules only take effect through a FontConfiguration shared by CSS and render.
+    fonts = FontConfiguration()
+    shipped = weasyprint.CSS(string=font_stylesheet(), font_config=fonts)
+    document = weasyprint.HTML(string=html, base_url=str(base_url))
+    return document.render(stylesheets=[shipped], font_config=fonts)
+
+
+def render_pdf(html: str, base_url: str | Path) -> bytes:
+    """The PDF of ``html`` as bytes; deterministic as described in this module's docstring."""
     # fontTools logs every table it subsets at INFO: that is not what a run's log is for.
     logging.getLogger("fontTools").setLevel(logging.WARNING)
     with _source_date_epoch(), _fonttools_subsetting():
-        # @font-face rules only take effect through a FontConfiguration shared by CSS and render.
-        fonts = FontConfiguration()
-        shipped = weasyprint.CSS(string=font_stylesheet(), font_config=fonts)
-        document = weasyprint.HTML(string=html, base_url=str(base_url))
-        return document.write_pdf(stylesheets=[shipped], font_config=fonts)
+        return layout_document(html, base_url).write_pdf()
 
 
 def write_pdf(html: str, target: str | Path, base_url: str | Path) -> None:

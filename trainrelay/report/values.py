@@ -7,10 +7,12 @@ way every time (byte-identical rebuilds).
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
 import polars as pl
+from markupsafe import Markup, escape
 
 
 def jsonable(value: Any) -> Any:
@@ -104,3 +106,20 @@ def table_of(rows: list[Any]) -> dict[str, list[Any]]:
     for row in flat:
         cols += [key for key in row if key not in cols]
     return {"cols": cols, "rows": flat}
+
+
+# After every "_" and after a "." that a letter follows (never inside a number such as 0.05).
+_BREAK_AFTER = re.compile(r"_|\.(?=[A-Za-z])")
+
+
+def breakable(value: Any) -> str:
+    """Text with a zero-width space after each ``_`` and each ``.`` between words, so that long
+    identifiers (``latency_p95_ms``, ``onnxruntime.providers.CUDAExecutionProvider``) can wrap in a
+    narrow table column instead of pushing the table past the page's edge."""
+    return _BREAK_AFTER.sub(lambda match: match.group(0) + "\u200b", fmt(value))
+
+
+def code_spans(text: Any) -> Markup:
+    """``text`` HTML-escaped, with each ```span``` in backticks set as ``<code>span</code>``."""
+    escaped = str(escape(fmt(text)))
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
