@@ -59,3 +59,21 @@ rule all:
     default_target: True
     input:
         final_targets(),
+
+
+# Jobs print library chatter (fontTools, weasyprint, torch warnings) only with --verbose
+# (trainrelay/rulerun.py); they inherit this process's environment, also on a cluster.
+import os
+
+from trainrelay.closing import closing_lines
+from trainrelay.rulerun import VERBOSE_ENV
+
+if workflow.is_main_process:
+    _settings = getattr(workflow, "output_settings", None)
+    os.environ[VERBOSE_ENV] = "1" if getattr(_settings, "verbose", False) else "0"
+
+
+# The last lines of a run: where the report is, the chosen engines, the verdict.
+onsuccess:
+    for _line in closing_lines(RESULTS, f"reports/{RUN}"):
+        print(f"trainrelay: {_line}")

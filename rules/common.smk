@@ -11,7 +11,7 @@ min_version("9.0")
 # a plain clone on a cluster node whose venv has only the dependencies).
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from trainrelay.config import check_config, config_digest, load_schema
+from trainrelay.config import check_config, config_digest, load_schema, stage_config_keys
 from trainrelay.config_file import check_config_files
 from trainrelay.data.acquire import raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
@@ -66,29 +66,9 @@ STATE_DIR = (
 )
 CONDA_ENV = "../envs/trainrelay.yaml"
 
-# The config sections each stage reads. A rule's `params: config=` carries their digest, so a changed
-# seed, split or model setting reruns that rule (Snakemake's "params" rerun trigger) and, through
-# the new outputs, everything downstream. How a run is driven (checkpoint, tracking, until) is left
-# out. The device is the environment rule's own param: a new device reruns the preflight and, since
-# the stages read its environment.json, what was computed on the old one.
-_ACQUIRE_KEYS = {
-    "synthetic": ["source", "seed", "synthetic", "events", "intervals"],
-    "binance": ["source", "binance", "events", "intervals"],
-    "files": ["source", "files", "events"],
-    "freqtrade": ["source", "freqtrade", "events", "intervals"],
-}[config["source"]]
-STAGE_CONFIG = {
-    "acquire": _ACQUIRE_KEYS,
-    "manifest": [*_ACQUIRE_KEYS, "manifest"],
-    "segments": [*_ACQUIRE_KEYS, "manifest", "segments"],
-    "embeddings": ["seed", "events", "embeddings"],
-    "tune": ["seed", "forecaster", "tune"],
-    "forecaster": ["seed", "forecaster", "tune"],
-    "policy": ["seed", "policy"],
-    "engines": ["seed", "benchmark"],
-    "report": ["report", "package"],
-    "package": ["package"],
-}
+# The config sections each stage reads (trainrelay/config.py: stage_config_keys, also used by
+# `python -m trainrelay diff`): a rule's `params: config=` carries their digest.
+STAGE_CONFIG = stage_config_keys(config)
 
 
 def config_params(stage):

@@ -47,3 +47,22 @@ def test_library_chatter_reaches_the_console_only_when_verbose(
     assert all((c in err) is verbose for c in chatter), err
     log = (tmp_path / "rule.log").read_text()
     assert all(c in log for c in chatter)  # the log file keeps every record
+
+
+def test_closing_lines_name_only_what_the_run_built(tmp_path: Path) -> None:
+    from trainrelay.atomic import write_json
+    from trainrelay.closing import closing_lines
+
+    results, reports = tmp_path / "results" / "r", tmp_path / "reports" / "r"
+    only = closing_lines(results, reports)
+    assert len(only) == 1 and "stopped earlier" in only[0]  # until: segments, say
+    write_json(results / "metrics" / "policy.json", {"verdict": "not distinguishable (CI -1 to 1)"})
+    write_json(
+        results / "benchmark" / "selection.json",
+        {"models": {"policy": {"chosen": {"engine": "ort_cpu", "batch": 1, "latency_p95_ms": 0.0412}},
+                    "forecaster": {"chosen": None}}},
+    )  # fmt: skip
+    assert closing_lines(results, reports) == [
+        "engines: forecaster: none met the constraints; policy -> ort_cpu (batch 1, p95 0.0412 ms)",
+        "verdict: not distinguishable (CI -1 to 1)",
+    ]

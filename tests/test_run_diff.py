@@ -21,9 +21,9 @@ from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
 from tests.fixtures_run import build_reported_run, fixture_config
 from trainrelay.atomic import write_json, write_parquet
 from trainrelay.cli import main as cli_main
-from trainrelay.config import config_digest
+from trainrelay.config import ACQUIRE_KEYS, config_digest, stage_config_keys
 from trainrelay.deep_merge import deep_merge
-from trainrelay.run_diff import ACQUIRE_KEYS, diff_runs, stage_keys
+from trainrelay.run_diff import diff_runs, stage_keys
 
 # -- runs cloned from the report fixture -----------------------------------------------------------
 
@@ -329,16 +329,14 @@ def test_imported_run_compares_with_a_run_of_another_checkout(checkout: Path, tm
     assert any("run b records no stage digests" in note for note in result["notes"])
 
 
-def test_stage_keys_match_the_rules() -> None:
-    """The stage -> config sections table agrees with STAGE_CONFIG in rules/common.smk."""
+def test_stage_keys_are_the_rules_table() -> None:
+    """One table: the rules take their digests' sections from stage_config_keys, as the diff does."""
     text = (REPO / "rules" / "common.smk").read_text()
-    block = text[text.index("_ACQUIRE_KEYS = {") : text.index("\n\n\ndef config_params")]
+    assert "STAGE_CONFIG = stage_config_keys(config)" in text and "_ACQUIRE_KEYS" not in text
     for source in ACQUIRE_KEYS:
-        scope: dict = {"config": {"source": source}}
-        exec(block, scope)  # the two assignments, with this source
         ours = stage_keys({"source": source})
         assert ours.pop("environment") == ["device"]
-        assert ours == scope["STAGE_CONFIG"], source
+        assert ours == stage_config_keys({"source": source}) and ours["acquire"] == ACQUIRE_KEYS[source]
 
 
 def test_the_report_stage_records_the_resolved_config(reported: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 
@@ -28,8 +29,28 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     workdir = copy_workflow(tmp_path_factory.mktemp("full") / "wf")
     config = write_config(workdir, FAST)
     started = time.monotonic()
-    run_snakemake(workdir, "--configfile", str(config))
+    proc = run_snakemake(workdir, "--configfile", str(config))
+    (workdir / "run-output.txt").write_text(proc.stdout + proc.stderr)
     return workdir, time.monotonic() - started
+
+
+def test_what_the_run_prints(full_run: tuple[Path, float]) -> None:
+    """A line per started and finished stage with its time, no library chatter without --verbose,
+    and the last lines name the report, the chosen engines and the verdict."""
+    workdir, _ = full_run
+    output = (workdir / "run-output.txt").read_text()
+    for stage in ("segments", "train_forecaster", "train_policy_fold (fold=1)", "report"):
+        assert f"trainrelay: {stage} started" in output
+        assert re.search(rf"trainrelay: {re.escape(stage)} finished in ([0-9.]+ s|[0-9]+ min|[0-9]+ h)", output), stage
+    assert "fontTools" not in output and "Glyph" not in output  # the PDF's subsetting, at INFO
+    assert "fontTools" in (workdir / "results/tiny/logs/report.log").read_text()  # kept in the log
+    ours = [line for line in output.splitlines() if line.startswith("trainrelay: ")]
+    verdict = json.loads((workdir / "results/tiny/metrics/policy.json").read_text())["verdict"]
+    selection = json.loads((workdir / "results/tiny/benchmark/selection.json").read_text())
+    engine = selection["models"]["forecaster"]["chosen"]["engine"]
+    assert ours[-3] == "trainrelay: report: reports/tiny/report.html (PDF: reports/tiny/report.pdf)"
+    assert ours[-2].startswith("trainrelay: engines: forecaster -> " + engine) and "policy -> " in ours[-2]
+    assert ours[-1] == f"trainrelay: verdict: {verdict}"
 
 
 def test_every_stage_produced_valid_artifacts(full_run: tuple[Path, float]) -> None:

@@ -127,6 +127,38 @@ def load_config(path: str | Path, overrides: Sequence[str | Path] = ()) -> dict[
     return config
 
 
+# The config sections each stage reads. A rule's `params: config=` carries their digest
+# (rules/common.smk: config_params), so a changed seed, split or model setting reruns that rule
+# (Snakemake's "params" rerun trigger) and, through the new outputs, everything downstream; `python
+# -m trainrelay diff` recomputes the same digests to say which stages two runs differ in. How a run
+# is driven (checkpoint, tracking, until) is left out. The device is the environment rule's own
+# param: a new device reruns the preflight and, since the stages read its environment.json, what
+# was computed on the old one.
+ACQUIRE_KEYS: dict[str, list[str]] = {
+    "synthetic": ["source", "seed", "synthetic", "events", "intervals"],
+    "binance": ["source", "binance", "events", "intervals"],
+    "files": ["source", "files", "events"],
+    "freqtrade": ["source", "freqtrade", "events", "intervals"],
+}
+
+
+def stage_config_keys(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Stage -> the config sections its rules' digest covers, for the configured source."""
+    acquire = ACQUIRE_KEYS.get(str(config.get("source", "synthetic")), ["source"])
+    return {
+        "acquire": acquire,
+        "manifest": [*acquire, "manifest"],
+        "segments": [*acquire, "manifest", "segments"],
+        "embeddings": ["seed", "events", "embeddings"],
+        "tune": ["seed", "forecaster", "tune"],
+        "forecaster": ["seed", "forecaster", "tune"],
+        "policy": ["seed", "policy"],
+        "engines": ["seed", "benchmark"],
+        "report": ["report", "package"],
+        "package": ["package"],
+    }
+
+
 def config_digest(config: dict[str, Any], keys: Sequence[str]) -> str:
     """A short, stable digest of the config sections ``keys``: a rule's ``params`` value.
 

@@ -36,38 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainrelay.config import config_digest
+from trainrelay.config import config_digest, stage_config_keys
 from trainrelay.errors import DataError
-
-# -- which config sections each stage reads ------------------------------------------------------
-#
-# The same lists as STAGE_CONFIG in rules/common.smk (tests/test_run_diff.py checks they agree):
-# a rule's `params: config=` is config_digest(config, STAGE_CONFIG[stage]).
-ACQUIRE_KEYS = {
-    "synthetic": ["source", "seed", "synthetic", "events", "intervals"],
-    "binance": ["source", "binance", "events", "intervals"],
-    "files": ["source", "files", "events"],
-    "freqtrade": ["source", "freqtrade", "events", "intervals"],
-}
 
 
 def stage_keys(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The config sections each stage reads (rules/common.smk's STAGE_CONFIG, plus the environment
-    rule, whose param is the device setting itself)."""
-    acquire = ACQUIRE_KEYS.get(str(config.get("source", "synthetic")), ["source"])
-    return {
-        "environment": ["device"],
-        "acquire": acquire,
-        "manifest": [*acquire, "manifest"],
-        "segments": [*acquire, "manifest", "segments"],
-        "embeddings": ["seed", "events", "embeddings"],
-        "tune": ["seed", "forecaster", "tune"],
-        "forecaster": ["seed", "forecaster", "tune"],
-        "policy": ["seed", "policy"],
-        "engines": ["seed", "benchmark"],
-        "report": ["report", "package"],
-        "package": ["package"],
-    }
+    """The config sections each stage's digest covers (:func:`trainrelay.config.stage_config_keys`,
+    the table the rules use), plus the environment rule, whose param is the device setting itself."""
+    return {"environment": ["device"], **stage_config_keys(dict(config))}
 
 
 # The stages whose outputs a stage reads (the rules' inputs, by stage), in DAG order.
