@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainrelay.bench.sampler import ResourceSampler
-from trainrelay.bench.timing import summarise, time_trials, warm_up
+from trainrelay.bench.timing import latency_summary, time_trials, warm_up
 
 
 def test_warm_up_meets_both_minimums():
@@ -32,14 +32,14 @@ def test_time_trials_reads_the_clock_after_sync():
 
 def test_summarise_reports_the_median_trial():
     trials = [np.full(100, 3.0), np.arange(1, 101, dtype=float), np.full(100, 100.0)]
-    summary = summarise(trials, batch=10)
+    summary = latency_summary(trials, batch=10)
     assert summary.trial == 1  # means 3, 50.5, 100 -> the middle one
     assert summary.mean_ms == pytest.approx(50.5)
     assert summary.p50_ms == pytest.approx(50.5)
     assert summary.p95_ms == pytest.approx(95.05)
     assert summary.p99_ms == pytest.approx(99.01)
     assert summary.throughput_sps == pytest.approx(10 * 1000 / 50.5)
-    assert summarise([np.full(4, 2.0), np.full(4, 1.0)], batch=1).trial == 1  # even count: lower middle
+    assert latency_summary([np.full(4, 2.0), np.full(4, 1.0)], batch=1).trial == 1  # even count: lower middle
 
 
 def test_sampler_measures_cpu_time_and_peak_rss():

@@ -20,7 +20,7 @@ from trainrelay.forecast.baselines import (
     history_means,
     zero_forecast,
 )
-from trainrelay.forecast.windows import split_windows
+from trainrelay.forecast.windows import forecast_windows
 
 
 def test_qlike_of_a_perfect_forecast_is_zero_and_matches_the_formula() -> None:
@@ -72,7 +72,7 @@ def test_bars_per_day_and_window_cuts() -> None:
 def test_history_means_end_at_the_last_input_bar_and_stay_in_their_series() -> None:
     a = np.arange(10, dtype=np.float32)[:, None]  # values 0..9
     b = 100 + np.arange(6, dtype=np.float32)[:, None]  # 100..105
-    windows = split_windows([a, b], [(0, 10), (0, 6)], lookback=2, horizon=1)
+    windows = forecast_windows([a, b], [(0, 10), (0, 6)], lookback=2, horizon=1)
     means = history_means(windows, 0, [1, 3])
     # series a: windows start at rows 0..7, last input bars 1..8; b: starts 0..3, last bars 1..4
     last_a, last_b = np.arange(1, 9), np.arange(1, 5)
@@ -103,7 +103,7 @@ def test_har_recovers_the_coefficients_of_a_har_process() -> None:
     rv = _har_process(6000, coef)
     series = rv[:, None].astype(np.float32)
     # a lookback of 2 bars: HAR still gets its 22 days, from the series' own history
-    windows = split_windows([series], [(0, len(rv))], lookback=2, horizon=2)
+    windows = forecast_windows([series], [(0, len(rv))], lookback=2, horizon=2)
     # daily bars: 1 bar per day, Corsi's 1 / 5 / 22 trading days
     har = HARRV.from_config((1, 5, 22), "1d")
     assert har.windows == [1, 5, 22]
@@ -125,8 +125,8 @@ def test_har_recovers_the_coefficients_of_a_har_process() -> None:
 def test_har_forecasts_do_not_depend_on_the_scaling() -> None:
     """OLS with an intercept is equivariant to the affine scaling shared by regressors and target."""
     rv = _har_process(800, (0.1, 0.4, 0.3, 0.2), seed=1)
-    raw = split_windows([rv[:, None]], [(0, len(rv))], 22, 3)
-    scaled = split_windows([((rv - 1.3) / 0.4)[:, None]], [(0, len(rv))], 22, 3)
+    raw = forecast_windows([rv[:, None]], [(0, len(rv))], 22, 3)
+    scaled = forecast_windows([((rv - 1.3) / 0.4)[:, None]], [(0, len(rv))], 22, 3)
     a = HARRV.from_config((1, 5, 22), "1d")
     b = HARRV.from_config((1, 5, 22), "1d")
     da, db = a.design(raw, 0), b.design(scaled, 0)
@@ -137,7 +137,7 @@ def test_har_forecasts_do_not_depend_on_the_scaling() -> None:
 
 def test_channel_windows_match_the_window_batches() -> None:
     data = np.random.default_rng(2).standard_normal((50, 3)).astype(np.float32)
-    windows = split_windows([data[:30], data[30:]], [(0, 30), (0, 20)], 8, 4)
+    windows = forecast_windows([data[:30], data[30:]], [(0, 30), (0, 20)], 8, 4)
     x, y = channel_windows(windows, 1)
     bx, by = windows.batch(torch.arange(len(windows)))
     assert np.array_equal(x, bx[..., 1].numpy()) and np.array_equal(y, by[..., 1].numpy())

@@ -10,7 +10,7 @@ from trainrelay.errors import ConfigError, DataError
 from trainrelay.forecast.base import Forecaster
 from trainrelay.forecast.protocol import ett_windows
 from trainrelay.forecast.training import TrainSettings, _make_optimizer, _make_scheduler, evaluate
-from trainrelay.forecast.windows import split_windows, trailing_windows
+from trainrelay.forecast.windows import forecast_windows, trailing_windows
 
 torch.set_num_threads(1)
 
@@ -36,7 +36,7 @@ def test_split_windows_follow_the_ett_protocol_counts() -> None:
 def test_windows_never_cross_series() -> None:
     a = np.zeros((20, 1))
     b = np.ones((20, 1))
-    ws = split_windows([a, b], [(0, 20), (0, 20)], lookback=5, horizon=3)
+    ws = forecast_windows([a, b], [(0, 20), (0, 20)], lookback=5, horizon=3)
     assert len(ws) == 2 * (20 - 5 - 3 + 1)
     x, y = ws.batch(torch.arange(len(ws)))
     window_sums = torch.cat([x, y], dim=1).sum(dim=(1, 2))
@@ -85,7 +85,7 @@ def test_settings_from_config_rejects_bad_values() -> None:
 
 def test_evaluate_scores_the_naive_model_by_hand() -> None:
     values = np.random.default_rng(1).standard_normal((60, 2))
-    ws = split_windows([values], [(0, 60)], lookback=10, horizon=4)
+    ws = forecast_windows([values], [(0, 60)], lookback=10, horizon=4)
     naive = Forecaster("naive", 10, 4, 2, {})
     got = evaluate(naive.module, ws, torch.device("cpu"), batch_size=7)
     errs = []
@@ -95,7 +95,7 @@ def test_evaluate_scores_the_naive_model_by_hand() -> None:
     assert got["mse"] == pytest.approx(float((errs**2).mean()), rel=1e-5)
     assert got["mae"] == pytest.approx(float(np.abs(errs).mean()), rel=1e-5)
     with pytest.raises(DataError, match="no evaluation windows"):
-        evaluate(naive.module, split_windows([values[:5]], [(0, 5)], 10, 4), torch.device("cpu"))
+        evaluate(naive.module, forecast_windows([values[:5]], [(0, 5)], 10, 4), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", ["patchtst", "dlinear"])
@@ -105,8 +105,8 @@ def test_training_learns_a_seasonal_series_and_keeps_the_best_epoch(name: str) -
     values = np.stack(
         [np.sin(2 * np.pi * t / 24), np.cos(2 * np.pi * t / 12)], 1
     ) + 0.1 * rng.standard_normal((1500, 2))
-    train = split_windows([values], [(0, 1000)], 48, 12)
-    val = split_windows([values], [(1000, 1500)], 48, 12)
+    train = forecast_windows([values], [(0, 1000)], 48, 12)
+    val = forecast_windows([values], [(1000, 1500)], 48, 12)
     hp = {"patch_len": 8, "stride": 4, "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.0}
     model = Forecaster(name, 48, 12, 2, hp if name == "patchtst" else {"kernel_size": 5}, seed=0)
     settings = TrainSettings(epochs=4, batch_size=32, lr=3e-3, schedule="constant", patience=4)
@@ -122,8 +122,8 @@ def test_training_learns_a_seasonal_series_and_keeps_the_best_epoch(name: str) -
 def test_early_stopping_stops_after_patience() -> None:
     rng = np.random.default_rng(0)
     values = rng.standard_normal((400, 1))  # pure noise: val stops improving quickly
-    train = split_windows([values], [(0, 300)], 16, 4)
-    val = split_windows([values], [(300, 400)], 16, 4)
+    train = forecast_windows([values], [(0, 300)], 16, 4)
+    val = forecast_windows([values], [(300, 400)], 16, 4)
     model = Forecaster("dlinear", 16, 4, 1, {"kernel_size": 3}, seed=0)
     settings = TrainSettings(epochs=50, batch_size=16, lr=0.05, schedule="constant", patience=2)
     fit = model.fit(train, val, settings, device=torch.device("cpu"), seed=0, progress=False)

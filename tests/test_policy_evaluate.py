@@ -24,7 +24,7 @@ from trainrelay.policy.evaluate import (
     verdict,
 )
 from trainrelay.policy.inputs import load_inputs
-from trainrelay.policy.metrics import bars_per_year, max_drawdown, sharpe, summarise
+from trainrelay.policy.metrics import bars_per_year, max_drawdown, sharpe, strategy_metrics
 from trainrelay.policy.model import load_policy
 from trainrelay.policy.observations import ObservationSpec, build_series
 from trainrelay.policy.train import train_policy
@@ -47,7 +47,7 @@ def test_metric_values():
     assert sharpe(np.zeros(5), 100.0) == 0.0
     # equity 1 -> 1.1 -> 0.88 -> 0.968: the drawdown from 1.1 to 0.88 is 20 %
     assert max_drawdown(np.array([0.1, -0.2, 0.1])) == pytest.approx(0.2)
-    m = summarise(
+    m = strategy_metrics(
         np.array([0.01, -0.01, 0.02]),
         [np.array([1.0, 1.0, -1.0])],
         [np.array([0.01, -0.01, 0.02])],
@@ -56,7 +56,7 @@ def test_metric_values():
     assert m["turnover"] == pytest.approx((1 + 0 + 2) / 3)
     assert m["hit_rate"] == pytest.approx(2 / 3)
     assert m["cumulative_return"] == pytest.approx(1.01 * 0.99 * 1.02 - 1)
-    assert summarise(np.zeros(3), [np.zeros(3)], [np.zeros(3)], 4.0)["hit_rate"] is None
+    assert strategy_metrics(np.zeros(3), [np.zeros(3)], [np.zeros(3)], 4.0)["hit_rate"] is None
 
 
 def test_forecast_sign_positions():

@@ -41,7 +41,8 @@ def test_what_the_run_prints(full_run: tuple[Path, float]) -> None:
     output = (workdir / "run-output.txt").read_text()
     for stage in ("segments", "train_forecaster", "train_policy_fold (fold=1)", "report"):
         assert f"trainrelay: {stage} started" in output
-        assert re.search(rf"trainrelay: {re.escape(stage)} finished in ([0-9.]+ s|[0-9]+ min|[0-9]+ h)", output), stage
+        finished = rf"trainrelay: {re.escape(stage)} finished in ([0-9.]+ s|[0-9]+ min|[0-9]+ h)"
+        assert re.search(finished, output), stage
     assert "fontTools" not in output and "Glyph" not in output  # the PDF's subsetting, at INFO
     assert "fontTools" in (workdir / "results/tiny/logs/report.log").read_text()  # kept in the log
     ours = [line for line in output.splitlines() if line.startswith("trainrelay: ")]

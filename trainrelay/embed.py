@@ -219,18 +219,6 @@ def encode_texts(
 
 
 def _read_text_events(events_csv: Path) -> pl.DataFrame:
-    try:
-        header = pl.read_csv(events_csv, n_rows=0).columns
-    except FileNotFoundError:
-        raise DataError(f"{events_csv}: events file not found; run the acquire rule first") from None
-    except (pl.exceptions.PolarsError, OSError):
-        header = None  # read_events reports unreadable files in its own words
-    if header is not None:
-        missing = [c for c in EVENT_COLUMNS if c not in header]
-        if missing:
-            raise DataError(
-                f"{events_csv}: column '{missing[0]}' missing; the header must be 'timestamp,symbol,text'"
-            )
     frame = read_events(events_csv)
     for column in EVENT_COLUMNS:
         values = frame[column]

@@ -26,21 +26,15 @@ import torch
 
 from trainrelay import atomic
 from trainrelay.devices import describe_device, resolve_device
+from trainrelay.errors import ANSI_ESCAPE, first_line
 
 # The providers the benchmark stage can use; others (OpenVINO, DirectML...) are out of scope.
 PROBED_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+NO_MESSAGE = "no message"  # a reason for an exception whose message is empty
 # "2026-01-01 10:00:00.123 [W:onnxruntime:Default, provider_bridge.cc:123 Get] message"
 _ORT_LOG_PREFIX = re.compile(r"^.*?\[[EWIV]:onnxruntime:[^\]]*\]\s*")
-
-
-def _first_line(text: str) -> str:
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return "no message"
 
 
 @contextlib.contextmanager
@@ -77,12 +71,12 @@ def _failure_reason(provider: str, caught: list[warnings.WarningMessage], native
     # Prefer ONNX Runtime's own words: its Python warning (provider not in this build) or the
     # native log line that says why the provider's libraries failed to load.
     for message in caught:
-        text = _first_line(str(message.message))
+        text = first_line(str(message.message), NO_MESSAGE)
         if provider in text:
             # onnxruntime joins two sentences without a space ("names.Available providers").
             return text.replace("names.Available", "names. Available")
     for raw in native_lines:
-        line = _ORT_LOG_PREFIX.sub("", _ANSI_ESCAPE.sub("", raw)).strip()
+        line = _ORT_LOG_PREFIX.sub("", ANSI_ESCAPE.sub("", raw)).strip()
         if provider.removesuffix("ExecutionProvider") in line or "Failed" in line or "Error" in line:
             return line
     return f"{provider} did not register in the session; onnxruntime fell back to CPUExecutionProvider"
@@ -93,7 +87,7 @@ def ort_provider_status(provider: str) -> str:
     try:
         import onnxruntime as ort
     except Exception as exc:
-        return f"onnxruntime cannot be imported: {_first_line(exc)}"
+        return f"onnxruntime cannot be imported: {first_line(exc, NO_MESSAGE)}"
     model = _probe_model_bytes()
     x = np.arange(4, dtype=np.float32).reshape(1, 4)
     try:
@@ -102,7 +96,7 @@ def ort_provider_status(provider: str) -> str:
             session = ort.InferenceSession(model, providers=[provider])
             (y,) = session.run(None, {"x": x})
     except Exception as exc:
-        return _first_line(exc)
+        return first_line(exc, NO_MESSAGE)
     # A provider that failed to load is silently replaced by the CPU one: check who runs the graph.
     if session.get_providers()[0] != provider:
         return _failure_reason(provider, caught, native_lines)
@@ -115,7 +109,7 @@ def _onnxruntime_info() -> dict[str, Any]:
     try:
         import onnxruntime as ort
     except Exception as exc:
-        reason = f"onnxruntime cannot be imported: {_first_line(exc)}"
+        reason = f"onnxruntime cannot be imported: {first_line(exc, NO_MESSAGE)}"
         return {
             "version": None,
             "available_providers": [],
@@ -134,7 +128,10 @@ def _tensorrt_info() -> dict[str, Any]:
     except ModuleNotFoundError:
         return {"version": None, "reason": "python package 'tensorrt' not installed"}
     except Exception as exc:
-        return {"version": None, "reason": f"python package 'tensorrt' fails to import: {_first_line(exc)}"}
+        return {
+            "version": None,
+            "reason": f"python package 'tensorrt' fails to import: {first_line(exc, NO_MESSAGE)}",
+        }
     return {"version": str(tensorrt.__version__), "reason": None}
 
 
@@ -151,12 +148,16 @@ def _nvml_info() -> dict[str, Any]:
         return {
             "available": False,
             "driver_version": None,
-            "reason": f"pynvml fails to import: {_first_line(exc)}",
+            "reason": f"pynvml fails to import: {first_line(exc, NO_MESSAGE)}",
         }
     try:
         pynvml.nvmlInit()
     except Exception as exc:
-        return {"available": False, "driver_version": None, "reason": f"nvmlInit failed: {_first_line(exc)}"}
+        return {
+            "available": False,
+            "driver_version": None,
+            "reason": f"nvmlInit failed: {first_line(exc, NO_MESSAGE)}",
+        }
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
         driver = driver.decode() if isinstance(driver, bytes) else str(driver)

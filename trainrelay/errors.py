@@ -39,6 +39,26 @@ class BudgetExhausted(TrainrelayError):
     """A time budget ran out; state was saved and a rerun resumes."""
 
 
+# -- one line of a message ------------------------------------------------------------------------
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # the colour codes libraries (torch, onnxruntime) print
+
+
+def first_line(message: object, default: str = "") -> str:
+    """The first non-blank line of ``str(message)``, stripped and without colour codes; ``default``
+    when there is none. Library messages run to many lines; a user-facing error shows one."""
+    for line in ANSI_ESCAPE.sub("", str(message)).splitlines():
+        if line.strip():
+            return line.strip()
+    return default
+
+
+def exception_line(exc: BaseException) -> str:
+    """``"<type>: <first line of the message>"``, or the type's name alone for an empty message."""
+    line = first_line(exc)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 # -- OSErrors that come from the user's machine, not from a bug ----------------------------------
 #
 # A full disk, a read-only mount or a folder the user cannot write are the environment's fault and

@@ -4,9 +4,10 @@ RunPod network volumes allocate at least 64 KB per file (the RunPod playbook; se
 thousands of small raw files cost far more volume space, and far more per-file round trips over the
 S3 API, than their bytes. ``pack`` writes one plain tar (the raw files are mostly zips already, so no
 compression) whose first member ``SHA256SUMS`` lists every file's sha256 in ``sha256sum`` format, and
-a ``<tar>.sha256`` file beside it with the tar's own checksum. The tar is deterministic: members in
-sorted order, mtime 0, owner 0/0 without names, mode 0644; the same folder always gives the same
-bytes. ``unpack`` checks the tar's checksum (when the ``.sha256`` file is beside it), then writes each
+a ``<tar>.sha256`` file beside it with the tar's own checksum. The tar is deterministic (written by
+``trainrelay.package.tarball.write_tar``, as the deployment bundle is): members in sorted order,
+mtime 0, owner 0/0 without names, mode 0644; the same folder always gives the same bytes.
+``unpack`` checks the tar's checksum (when the ``.sha256`` file is beside it), then writes each
 file atomically and compares its sha256 with the list before it is renamed into place. Unpacked
 files get the time of unpacking, not the tar's mtime 0: Snakemake reruns a rule whose outputs are
 older than its script, so raw data dated 1970 would be acquired again (``tar -xf`` would do that).
@@ -15,7 +16,6 @@ older than its script, so raw data dated 1970 would be acquired again (``tar -xf
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tarfile
@@ -25,6 +25,8 @@ from pathlib import Path, PurePosixPath
 
 from trainrelay.atomic import atomic_path, write_text
 from trainrelay.errors import DataError
+from trainrelay.fingerprint import file_sha256
+from trainrelay.package.tarball import ENCODING, MemberStyle, TarEntry, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,9 @@ SUMS_NAME = "SHA256SUMS"
 # The per-file minimum allocation on a RunPod network volume (playbook figure; docs/runpod.md).
 VOLUME_MIN_FILE_BYTES = 64 * 1024
 _CHUNK = 1 << 20
-_FORMAT = tarfile.PAX_FORMAT
-_ENCODING = "utf-8"
+# Every member: mtime 0, owner 0/0 without names, mode 0644 (unpack gives the files the time of
+# unpacking instead of 1970).
+RAW_STYLE = MemberStyle(mtime=0, owner="")
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,6 @@ def volume_bytes(sizes: Iterable[int], minimum: int = VOLUME_MIN_FILE_BYTES) -> 
     return sum(max(size, minimum) for size in sizes)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def list_files(source: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     """(relpath, path) of every regular file under ``source``, sorted by relpath.
 
@@ -111,28 +106,17 @@ def list_files(source: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0  # for identical bytes; unpack gives the files the time of unpacking instead
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 def _sums_text(files: Iterable[PackedFile]) -> bytes:
-    return "".join(f"{f.sha256}  {f.relpath}\n" for f in files).encode(_ENCODING)
+    return "".join(f"{f.sha256}  {f.relpath}\n" for f in files).encode(ENCODING)
 
 
 def tar_bytes(entries: Iterable[tuple[str, int]]) -> int:
     """Exact size of the tar :func:`pack` writes for (relpath, size) entries, without reading them."""
     entries = sorted(entries)
-    sums_size = sum(64 + 2 + len(rel.encode(_ENCODING)) + 1 for rel, _ in entries)
+    sums_size = sum(64 + 2 + len(rel.encode(ENCODING)) + 1 for rel, _ in entries)
     total = 0
     for name, size in [(SUMS_NAME, sums_size), *entries]:
-        header = _member(name, size).tobuf(_FORMAT, _ENCODING, "surrogateescape")
-        total += len(header) + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        total += RAW_STYLE.header_bytes(name, size) + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     total += 2 * tarfile.BLOCKSIZE  # end-of-archive marker
     return -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
@@ -144,19 +128,17 @@ def pack(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> PackRes
     if out.resolve().is_relative_to(root.resolve()):
         raise DataError(f"{out}: inside the folder being packed; write the tar outside {root}")
     listed = list_files(root)
-    files = tuple(PackedFile(rel, path.stat().st_size, sha256_file(path)) for rel, path in listed)
-    sums = _sums_text(files)
+    files = tuple(PackedFile(rel, path.stat().st_size, file_sha256(path)) for rel, path in listed)
+    sums = TarEntry(SUMS_NAME, _sums_text(files))
+    entries = [TarEntry(f.relpath, path, f.size) for f, (_, path) in zip(files, listed, strict=True)]
     with atomic_path(out) as tmp:
-        with tarfile.open(tmp, "w", format=_FORMAT, encoding=_ENCODING) as tar:
-            tar.addfile(_member(SUMS_NAME, len(sums)), io.BytesIO(sums))
-            for packed, (_, path) in zip(files, listed, strict=True):
-                with open(path, "rb") as handle:
-                    tar.addfile(_member(packed.relpath, packed.size), handle)
+        with open(tmp, "wb") as handle:
+            write_tar(handle, [sums, *entries], RAW_STYLE)
         # A file that changed while it was read would make the list lie; check before publishing.
         changed = [f.relpath for f, (_, p) in zip(files, listed, strict=True) if p.stat().st_size != f.size]
         if changed:
             raise DataError(f"{root / changed[0]}: changed while packing; stop the writer and pack again")
-    digest = sha256_file(out)
+    digest = file_sha256(out)
     write_text(checksum_path(out), f"{digest}  {out.name}\n")
     return PackResult(out, out.stat().st_size, digest, files)
 
@@ -173,7 +155,7 @@ def verify_tar(tar_path: str | os.PathLike[str]) -> str | None:
         return None
     fields = sums.read_text(encoding="utf-8").split()
     expected = fields[0] if fields else ""
-    actual = sha256_file(tar_path)
+    actual = file_sha256(tar_path)
     if actual != expected:
         raise DataError(
             f"{tar_path}: sha256 {actual[:12]}… differs from {sums.name} ({expected[:12]}…); "
@@ -191,7 +173,7 @@ def _read_sums(tar: tarfile.TarFile, tar_path: Path) -> dict[str, str]:
     handle = tar.extractfile(first)
     assert handle is not None
     sums: dict[str, str] = {}
-    for line in handle.read().decode(_ENCODING).splitlines():
+    for line in handle.read().decode(ENCODING).splitlines():
         digest, _, rel = line.partition("  ")
         sums[rel] = digest
     return sums
@@ -214,7 +196,7 @@ def unpack(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Un
     written = 0
     total = 0
     try:
-        with tarfile.open(tar_path, "r:", encoding=_ENCODING) as tar:
+        with tarfile.open(tar_path, "r:", encoding=ENCODING) as tar:
             sums = _read_sums(tar, tar_path)
             seen: set[str] = set()
             # next(), not iteration: iterating a TarFile starts again at the first member.

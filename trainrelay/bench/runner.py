@@ -33,7 +33,7 @@ from trainrelay.bench.engines import (
 )
 from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.bench.select import OBJECTIVES, select_engines
-from trainrelay.bench.timing import summarise, time_trials, warm_up
+from trainrelay.bench.timing import latency_summary, time_trials, warm_up
 from trainrelay.errors import ConfigError
 from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx_file
 
@@ -202,7 +202,7 @@ def _measure_engine(
                 rows.append(row)
                 log.warning("%s / %s / batch %d failed: %s", model.name, engine_name, batch, row["reason"])
                 continue
-            summary = summarise(trials, batch)
+            summary = latency_summary(trials, batch)
             usage = sampler.usage
             notes = list(usage.notes)
             if spec.device == "cuda" and usage.vram_mb is None:

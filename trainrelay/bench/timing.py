@@ -58,10 +58,10 @@ class LatencySummary:
     throughput_sps: float
 
 
-def summarise(trials: list[np.ndarray], batch: int) -> LatencySummary:
+def latency_summary(trials: list[np.ndarray], batch: int) -> LatencySummary:
     """Statistics of the median trial (by mean latency); throughput = batch / mean latency."""
     if not trials or any(len(t) == 0 for t in trials):
-        raise ValueError("summarise needs at least one non-empty trial")
+        raise ValueError("latency_summary needs at least one non-empty trial")
     means = [float(t.mean()) for t in trials]
     # With an even count take the lower middle, so the reported trial is a real one.
     order = sorted(range(len(trials)), key=lambda i: (means[i], i))

@@ -13,7 +13,7 @@ import polars as pl
 
 from trainrelay.atomic import write_text
 from trainrelay.data.files_source import describe_row, parse_timestamps, read_table
-from trainrelay.errors import DataError
+from trainrelay.errors import DataError, first_line
 
 EVENTS_RELPATH = "events/events.csv"
 EVENT_COLUMNS = ["timestamp", "symbol", "text"]
@@ -40,7 +40,12 @@ def write_events(target: str | Path, frame: pl.DataFrame) -> None:
 
 
 def read_events(path: str | Path) -> pl.DataFrame:
-    """Read an ``events.csv``: timestamp Datetime(ms, UTC), symbol, text."""
+    """Read an ``events.csv``: its timestamp (epoch ms, as Datetime(ms, UTC)), symbol and text columns.
+
+    The one reader of raw events, for the manifest, embeddings, look-ahead and bench code. Extra
+    columns are dropped; empty values are kept (the manifest and the embeddings stage reject them,
+    each naming the row).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: events file not found; run the acquire rule first")
@@ -49,10 +54,14 @@ def read_events(path: str | Path) -> pl.DataFrame:
             path, schema_overrides={"timestamp": pl.Int64, "symbol": pl.String, "text": pl.String}
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"{path}: cannot read events CSV ({str(exc).strip().splitlines()[0]})") from None
-    if frame.columns != EVENT_COLUMNS:
-        raise DataError(f"{path}: header must be 'timestamp,symbol,text', found '{','.join(frame.columns)}'")
-    return frame.with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
+        message = first_line(exc, type(exc).__name__)
+        raise DataError(
+            f"{path}: cannot parse the events CSV ({message}); fix it or re-run acquire"
+        ) from None
+    missing = [c for c in EVENT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: column '{missing[0]}' missing; the header must be 'timestamp,symbol,text'")
+    return frame.select(EVENT_COLUMNS).with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
 
 
 def normalise_events(path: str | Path, where: str = "events.path") -> pl.DataFrame:

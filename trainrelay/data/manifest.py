@@ -22,6 +22,7 @@ import polars as pl
 
 from trainrelay import atomic
 from trainrelay.data import archive, features, freqtrade
+from trainrelay.data.events import read_events
 from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.fingerprint import file_sha256
@@ -237,7 +238,9 @@ def _read_frame(raw: RawFile) -> tuple[pl.DataFrame, str, list[str]]:
         return archive.read_funding(raw.path), "calc_time", ["last_funding_rate"]
     if raw.kind == "series":
         return read_series(raw.path)
-    return read_events(raw.path), "timestamp", []
+    frame = read_events(raw.path)
+    _check_events_filled(raw.path, frame)
+    return frame, "timestamp", []
 
 
 def read_series(path: str | Path) -> tuple[pl.DataFrame, str, list[str]]:
@@ -267,25 +270,10 @@ def read_series(path: str | Path) -> tuple[pl.DataFrame, str, list[str]]:
     return frame, "timestamp", values
 
 
-def read_events(path: str | Path) -> pl.DataFrame:
-    """``events/events.csv`` (timestamp epoch ms, symbol, text) with timestamp as Datetime(ms, UTC)."""
-    path = Path(path)
-    try:
-        frame = pl.read_csv(
-            path, schema_overrides={"timestamp": pl.Int64, "symbol": pl.String, "text": pl.String}
-        )
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        problem = f"cannot parse the events CSV ({message})"
-        raise DataError(f"{path}: {problem}; fix it or re-run acquire") from None
-    missing = [c for c in ("timestamp", "symbol", "text") if c not in frame.columns]
-    if missing:
-        raise _fail(path, f"missing column(s) {', '.join(missing)}", "columns")
-    frame = frame.select("timestamp", "symbol", "text")
+def _check_events_filled(path: Path, frame: pl.DataFrame) -> None:
     for column in frame.columns:
         if (row := _first_bad_row(frame.get_column(column).is_null())) is not None:
             raise _fail(path, f"empty value in column '{column}' at row {row}", "nan")
-    return frame.with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
 
 
 def inspect_file(raw: RawFile, previous_last: Any, max_gaps: int) -> dict[str, Any]:

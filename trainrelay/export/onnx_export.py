@@ -14,7 +14,6 @@ cannot. The TorchScript exporter is the fallback for modules the dynamo tracer r
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from trainrelay import atomic
-from trainrelay.errors import DataError
+from trainrelay.errors import DataError, exception_line
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +38,6 @@ class ExportResult:
     path: Path
     exporter: str  # "dynamo" | "torchscript"
     opset: int
-
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's exporter colours its messages for a terminal
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in ANSI_ESCAPE.sub("", str(exc)).splitlines():
-        if line.strip():
-            return f"{type(exc).__name__}: {line.strip()}"
-    return type(exc).__name__
 
 
 def _example_for_export(sample: torch.Tensor) -> torch.Tensor:
@@ -130,11 +119,11 @@ def check_onnx_file(path: str | Path, fix: str) -> None:
         # e.g. a file cut short by a full disk or an interrupted copy.
         raise DataError(f"{path} is not a valid ONNX model (InvalidProtobuf): {fix}") from None
     except Exception as exc:
-        raise DataError(f"{path} is not a valid ONNX model ({_first_line(exc)}): {fix}") from None
+        raise DataError(f"{path} is not a valid ONNX model ({exception_line(exc)}): {fix}") from None
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise DataError(f"{path} is not a valid ONNX model ({_first_line(exc)}): {fix}") from None
+        raise DataError(f"{path} is not a valid ONNX model ({exception_line(exc)}): {fix}") from None
     if not model.graph.node:  # a file cut at a field boundary parses as an empty model
         raise DataError(f"{path} is not a valid ONNX model (empty graph): {fix}")
 
@@ -163,7 +152,7 @@ def export_module(
         except DataError:
             raise
         except Exception as exc:
-            failures.append(f"{exporter}: {_first_line(exc)}")
+            failures.append(f"{exporter}: {exception_line(exc)}")
             log.warning(
                 "ONNX export of %s with the %s exporter failed: %s", target.name, exporter, failures[-1]
             )

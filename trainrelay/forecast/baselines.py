@@ -71,7 +71,7 @@ def history_means(windows: WindowSet, channel: int, widths: list[int]) -> np.nda
     cumsum = np.concatenate([[0.0], np.cumsum(values)])
     last = windows.starts.cpu().numpy() + windows.lookback - 1  # the last input row of each window
     if windows.series_starts is None:
-        raise ValueError("history_means needs WindowSet.series_starts (build windows with split_windows)")
+        raise ValueError("history_means needs WindowSet.series_starts (build windows with forecast_windows)")
     firsts = windows.series_starts.cpu().numpy()
     first = firsts[np.searchsorted(firsts, last, side="right") - 1]  # first row of the window's series
     out = np.empty((len(last), len(widths)))

@@ -18,7 +18,7 @@ import polars as pl
 
 from trainrelay.data.scaling import transform
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.forecast.windows import WindowSet, split_windows
+from trainrelay.forecast.windows import WindowSet, forecast_windows
 
 MARKET_CHANNELS = ("log_return", "realized_vol")
 
@@ -49,7 +49,9 @@ def resolve_channels(config: dict[str, Any], scaler: dict[str, Any]) -> list[str
 
 
 @dataclass
-class SymbolSeries:
+class ScaledSeries:
+    """One symbol's forecaster input channels over time, scaled with one fold's train statistics."""
+
     symbol: str
     timestamps: np.ndarray  # datetime64[ms]
     values: np.ndarray  # [rows, channels] float32, scaled with the fold's train statistics
@@ -57,7 +59,7 @@ class SymbolSeries:
 
 def scaled_series(
     features: pl.DataFrame, scaler: dict[str, Any], fold: int, channels: list[str]
-) -> list[SymbolSeries]:
+) -> list[ScaledSeries]:
     """Per symbol (in sorted order), the channels scaled with fold ``fold``'s scaler."""
     missing = [c for c in ("timestamp", "symbol", *channels) if c not in features.columns]
     if missing:
@@ -69,7 +71,7 @@ def scaled_series(
         if not np.isfinite(values).all():
             raise DataError(f"features.parquet: non-finite values in {symbol}; rerun the segments rule")
         stamps = part["timestamp"].dt.replace_time_zone(None).to_numpy().astype("datetime64[ms]")
-        out.append(SymbolSeries(symbol=str(symbol), timestamps=stamps, values=values))
+        out.append(ScaledSeries(symbol=str(symbol), timestamps=stamps, values=values))
     if not out:
         raise DataError("features.parquet has no rows; rerun the segments rule")
     return out
@@ -105,7 +107,7 @@ def split_bounds(
 
 
 def fold_windows(
-    series: list[SymbolSeries],
+    series: list[ScaledSeries],
     bounds: dict[str, tuple[np.datetime64, np.datetime64]],
     lookback: int,
     horizon: int,
@@ -120,7 +122,7 @@ def fold_windows(
             )
             for s in series
         ]
-        out[split] = split_windows([s.values for s in series], ranges, lookback, horizon)
+        out[split] = forecast_windows([s.values for s in series], ranges, lookback, horizon)
     return out
 
 
@@ -129,7 +131,7 @@ def load_fold(
     scaler_path: str | Path,
     segments_path: str | Path,
     config: dict[str, Any],
-) -> tuple[list[SymbolSeries], dict[str, WindowSet], list[str], dict[str, Any]]:
+) -> tuple[list[ScaledSeries], dict[str, WindowSet], list[str], dict[str, Any]]:
     """Scaled series, train/val/test windows, channel names and the scaler of ``forecaster.fold``."""
     fc = config["forecaster"]
     scaler = read_scaler(scaler_path)

@@ -26,7 +26,7 @@ from trainrelay.errors import DataError
 from trainrelay.forecast.base import Forecaster
 from trainrelay.forecast.patchtst import PatchTSTParams
 from trainrelay.forecast.training import TrainSettings
-from trainrelay.forecast.windows import WindowSet, split_windows
+from trainrelay.forecast.windows import WindowSet, forecast_windows
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def ett_windows(
     std = values[:train_end].std(axis=0)  # population std, as sklearn's StandardScaler
     scaled = ((values[:test_end] - mean) / std).astype(np.float32)
     ranges = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, test_end)}
-    sets = {name: split_windows([scaled], [rng], lookback, horizon) for name, rng in ranges.items()}
+    sets = {name: forecast_windows([scaled], [rng], lookback, horizon) for name, rng in ranges.items()}
     return sets, mean, std
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -201,6 +201,53 @@ def overall_errors(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"mse": float(np.mean(err * err)), "mae": float(np.mean(np.abs(err)))}
 
 
+@dataclass
+class _Progress:
+    """Where a fit stands; saved (with model, optimiser, scheduler and RNG states) to resume it."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    order: torch.Tensor | None = None  # the current epoch's shuffled window order (None: not started)
+    loss_sum: float = 0.0  # the current epoch's summed training loss
+    seen: int = 0  # windows trained on in the current epoch
+    epoch_seconds: float = 0.0
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples: int = 0
+    finished: bool = False
+
+    def as_state(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class _Fit:
+    """What one :func:`fit_module` call works with; the steps below take it first."""
+
+    module: nn.Module
+    train: WindowSet
+    val: WindowSet
+    settings: TrainSettings
+    device: torch.device
+    seed: int
+    store: StateStore | None
+    budget: TimeBudget | None
+    progress: bool
+    label: str
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
+    n_batches: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.optimizer = _make_optimizer(self.module, self.settings)
+        self.n_batches = (len(self.train) + self.settings.batch_size - 1) // self.settings.batch_size
+        self.scheduler = _make_scheduler(self.optimizer, self.settings, self.n_batches)
+
+
 def fit_module(
     module: nn.Module,
     train: WindowSet,
@@ -217,169 +264,192 @@ def fit_module(
     """Train ``module`` in place; on return it holds the best-validation weights."""
     if len(train) == 0:
         raise DataError(f"{label}: no training windows: the train split is shorter than lookback + horizon")
-    s = settings
     seed_everything(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     module.to(device)
     # On CUDA the (small) series are copied to the GPU once, through pinned memory.
     train, val = train.to(device), val.to(device)
-    optimizer = _make_optimizer(module, s)
-    n_batches = (len(train) + s.batch_size - 1) // s.batch_size
-    scheduler = _make_scheduler(optimizer, s, n_batches)
-
-    epoch, batch, order = 0, 0, None
-    loss_sum, seen, epoch_seconds = 0.0, 0, 0.0
-    best_val, best_epoch, best_weights, bad_epochs = float("inf"), 0, None, 0
-    history: list[dict[str, float]] = []
-    train_seconds, samples, resumed_from, finished = 0.0, 0, None, False
-
-    saved = store.latest() if store is not None else None
-    if saved is not None:
-        module.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"])
-        epoch, batch, order = saved["epoch"], saved["batch"], saved["order"]
-        loss_sum, seen, epoch_seconds = saved["loss_sum"], saved["seen"], saved["epoch_seconds"]
-        best_val, best_epoch, best_weights = saved["best_val"], saved["best_epoch"], saved["best_weights"]
-        bad_epochs, history = saved["bad_epochs"], saved["history"]
-        train_seconds, samples, finished = saved["train_seconds"], saved["samples"], saved["finished"]
-        resumed_from = epoch + 1
-        log.info("%s: resuming from epoch %d batch %d", label, epoch + 1, batch)
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "model": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            "epoch": epoch,
-            "batch": batch,
-            "order": order,
-            "loss_sum": loss_sum,
-            "seen": seen,
-            "epoch_seconds": epoch_seconds,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "best_weights": best_weights,
-            "bad_epochs": bad_epochs,
-            "history": history,
-            "train_seconds": train_seconds,
-            "samples": samples,
-            "finished": finished,
-        }
-
-    def save() -> None:
-        if store is not None:
-            store.save(snapshot(), step=epoch * n_batches + batch)
-            if budget is not None:
-                budget.mark_saved()
-
-    def stop_for_budget(where: str) -> None:
-        if budget is not None and budget.exhausted():
-            save()
-            where_saved = store.directory if store is not None else "(nowhere: no state store)"
-            raise BudgetExhausted(
-                f"time budget of {budget.budget_minutes:g} min reached after {where}; state saved to "
-                f"{where_saved} — rerun the same command to resume"
-            )
-
+    fit = _Fit(module, train, val, settings, device, seed, store, budget, progress, label)
+    state, resumed_from = _resume_or_start(fit)
     module.train()
-    while not finished and epoch < s.epochs:
-        if order is None:
-            # A generator per epoch: the order is reproducible and saved with mid-epoch state.
-            order = torch.randperm(
-                len(train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            )
-            batch, loss_sum, seen, epoch_seconds = 0, 0.0, 0, 0.0
-        started = time.perf_counter()
-        bar = tqdm(
-            total=n_batches,
-            initial=batch,
-            desc=f"{label} epoch {epoch + 1}/{s.epochs}",
-            disable=not progress,
-            leave=False,
-            mininterval=1.0,
-        )
-        while batch < n_batches:
-            index = order[batch * s.batch_size : (batch + 1) * s.batch_size]
-            x, y = train.batch(index)
-            x, y = _to_device(x, device), _to_device(y, device)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device):
-                pred = module(x)
-            loss = nn.functional.mse_loss(pred.float(), y)
-            if not torch.isfinite(loss):
-                raise DataError(
-                    f"{label}: training loss became {float(loss)} at epoch {epoch + 1}; lower the lr"
-                )
-            loss.backward()
-            optimizer.step()
-            if s.schedule == "onecycle":
-                scheduler.step()
-            loss_sum += float(loss.detach()) * len(index)
-            seen += len(index)
-            batch += 1
-            bar.update(1)
-            between_batches = store is not None and budget is not None and batch < n_batches
-            if between_batches and (budget.due() or budget.exhausted()):
-                now = time.perf_counter()
-                epoch_seconds += now - started
-                train_seconds += now - started
-                started = now
-                stop_for_budget(f"epoch {epoch} (+ {batch} batches of epoch {epoch + 1})")
-                save()
-        bar.close()
-        elapsed = time.perf_counter() - started
-        epoch_seconds += elapsed
-        train_seconds += elapsed
-        samples += len(train)
-        val_mse = evaluate(module, val, device, s.eval_batch_size)["mse"] if len(val) else loss_sum / seen
-        epoch_seconds += time.perf_counter() - started - elapsed  # the csv's seconds include validation
-        lr = optimizer.param_groups[0]["lr"]
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                "val_loss": val_mse,
-                "lr": lr,
-                "seconds": epoch_seconds,
-            }
-        )
-        log.info(
-            "%s epoch %d: train %.5f val %.5f lr %.2e (%.1fs)",
-            label,
-            epoch + 1,
-            loss_sum / seen,
-            val_mse,
-            lr,
-            epoch_seconds,
-        )
-        if val_mse < best_val:
-            best_val, best_epoch, bad_epochs = val_mse, epoch + 1, 0
-            best_weights = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if s.schedule != "onecycle":
-            scheduler.step()
-        epoch, batch, order = epoch + 1, 0, None
-        finished = bad_epochs >= s.patience or epoch >= s.epochs
-        if bad_epochs >= s.patience:
-            log.info("%s: early stop after epoch %d (best %d)", label, epoch, best_epoch)
-        save()
-        if not finished:
-            stop_for_budget(f"epoch {epoch}")
+    while not state.finished and state.epoch < settings.epochs:
+        _train_epoch(fit, state)
+        val_mse = _validate(fit, state)
+        _record_epoch(fit, state, val_mse)
+        _keep_best(fit, state, val_mse)
+        _end_epoch(fit, state)
+    return _best_result(fit, state, resumed_from)
 
-    if best_weights is not None:
-        module.load_state_dict(best_weights)
-    module.eval()
+
+def _resume_or_start(fit: _Fit) -> tuple[_Progress, int | None]:
+    """The saved progress and the 1-based epoch it resumes at (model, optimiser, scheduler and RNG
+    restored from the store), or a fresh start and None."""
+    saved = fit.store.latest() if fit.store is not None else None
+    if saved is None:
+        return _Progress(), None
+    fit.module.load_state_dict(saved["model"])
+    fit.optimizer.load_state_dict(saved["optimizer"])
+    fit.scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(saved["rng"])
+    state = _Progress(**{f.name: saved[f.name] for f in fields(_Progress)})
+    log.info("%s: resuming from epoch %d batch %d", fit.label, state.epoch + 1, state.batch)
+    return state, state.epoch + 1
+
+
+def _train_epoch(fit: _Fit, state: _Progress) -> None:
+    """The epoch's remaining batches; between batches, save when due and stop when the budget is spent."""
+    s = fit.settings
+    if state.order is None:
+        # A generator per epoch: the order is reproducible and saved with mid-epoch state.
+        generator = torch.Generator().manual_seed(fit.seed * 1_000_003 + state.epoch)
+        state.order = torch.randperm(len(fit.train), generator=generator)
+        state.batch, state.loss_sum, state.seen, state.epoch_seconds = 0, 0.0, 0, 0.0
+    started = time.perf_counter()
+    bar = tqdm(
+        total=fit.n_batches,
+        initial=state.batch,
+        desc=f"{fit.label} epoch {state.epoch + 1}/{s.epochs}",
+        disable=not fit.progress,
+        leave=False,
+        mininterval=1.0,
+    )
+    while state.batch < fit.n_batches:
+        index = state.order[state.batch * s.batch_size : (state.batch + 1) * s.batch_size]
+        loss = _train_step(fit, state, index)
+        state.loss_sum += float(loss.detach()) * len(index)
+        state.seen += len(index)
+        state.batch += 1
+        bar.update(1)
+        if _save_due_between_batches(fit, state):
+            now = time.perf_counter()
+            state.epoch_seconds += now - started
+            state.train_seconds += now - started
+            started = now
+            _stop_if_out_of_time(
+                fit, state, f"epoch {state.epoch} (+ {state.batch} batches of epoch {state.epoch + 1})"
+            )
+            _checkpoint(fit, state)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    state.epoch_seconds += elapsed
+    state.train_seconds += elapsed
+    state.samples += len(fit.train)
+
+
+def _train_step(fit: _Fit, state: _Progress, index: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on the windows ``index``; the batch's loss."""
+    x, y = fit.train.batch(index)
+    x, y = _to_device(x, fit.device), _to_device(y, fit.device)
+    fit.optimizer.zero_grad(set_to_none=True)
+    with _autocast(fit.device):
+        pred = fit.module(x)
+    loss = nn.functional.mse_loss(pred.float(), y)
+    if not torch.isfinite(loss):
+        raise DataError(
+            f"{fit.label}: training loss became {float(loss)} at epoch {state.epoch + 1}; lower the lr"
+        )
+    loss.backward()
+    fit.optimizer.step()
+    if fit.settings.schedule == "onecycle":
+        fit.scheduler.step()
+    return loss
+
+
+def _save_due_between_batches(fit: _Fit, state: _Progress) -> bool:
+    between_batches = fit.store is not None and fit.budget is not None and state.batch < fit.n_batches
+    return between_batches and (fit.budget.due() or fit.budget.exhausted())
+
+
+def _validate(fit: _Fit, state: _Progress) -> float:
+    """Validation MSE (the epoch's training loss when there are no validation windows)."""
+    started = time.perf_counter()
+    if len(fit.val):
+        val_mse = evaluate(fit.module, fit.val, fit.device, fit.settings.eval_batch_size)["mse"]
+    else:
+        val_mse = state.loss_sum / state.seen
+    state.epoch_seconds += time.perf_counter() - started  # the csv's seconds include validation
+    return val_mse
+
+
+def _record_epoch(fit: _Fit, state: _Progress, val_mse: float) -> None:
+    lr = fit.optimizer.param_groups[0]["lr"]
+    train_loss = state.loss_sum / state.seen
+    row = {"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_mse, "lr": lr}
+    state.history.append({**row, "seconds": state.epoch_seconds})
+    log.info(
+        "%s epoch %d: train %.5f val %.5f lr %.2e (%.1fs)",
+        fit.label,
+        state.epoch + 1,
+        train_loss,
+        val_mse,
+        lr,
+        state.epoch_seconds,
+    )
+
+
+def _keep_best(fit: _Fit, state: _Progress, val_mse: float) -> None:
+    """Copy the weights when validation improved, else count one more epoch without improvement."""
+    if val_mse < state.best_val:
+        state.best_val, state.best_epoch, state.bad_epochs = val_mse, state.epoch + 1, 0
+        state.best_weights = {k: v.detach().clone().cpu() for k, v in fit.module.state_dict().items()}
+    else:
+        state.bad_epochs += 1
+
+
+def _end_epoch(fit: _Fit, state: _Progress) -> None:
+    """Step the per-epoch schedule, move to the next epoch, stop early after ``patience``, save."""
+    s = fit.settings
+    if s.schedule != "onecycle":
+        fit.scheduler.step()
+    state.epoch, state.batch, state.order = state.epoch + 1, 0, None
+    state.finished = state.bad_epochs >= s.patience or state.epoch >= s.epochs
+    if state.bad_epochs >= s.patience:
+        log.info("%s: early stop after epoch %d (best %d)", fit.label, state.epoch, state.best_epoch)
+    _checkpoint(fit, state)
+    if not state.finished:
+        _stop_if_out_of_time(fit, state, f"epoch {state.epoch}")
+
+
+def _checkpoint(fit: _Fit, state: _Progress) -> None:
+    """Save the complete state to the store (if any)."""
+    if fit.store is None:
+        return
+    snapshot = {
+        "model": fit.module.state_dict(),
+        "optimizer": fit.optimizer.state_dict(),
+        "scheduler": fit.scheduler.state_dict(),
+        "rng": _rng_state(),
+        **state.as_state(),
+    }
+    fit.store.save(snapshot, step=state.epoch * fit.n_batches + state.batch)
+    if fit.budget is not None:
+        fit.budget.mark_saved()
+
+
+def _stop_if_out_of_time(fit: _Fit, state: _Progress, where: str) -> None:
+    """Save and raise BudgetExhausted when the session's time budget is spent."""
+    if fit.budget is None or not fit.budget.exhausted():
+        return
+    _checkpoint(fit, state)
+    where_saved = fit.store.directory if fit.store is not None else "(nowhere: no state store)"
+    raise BudgetExhausted(
+        f"time budget of {fit.budget.budget_minutes:g} min reached after {where}; state saved to "
+        f"{where_saved} — rerun the same command to resume"
+    )
+
+
+def _best_result(fit: _Fit, state: _Progress, resumed_from: int | None) -> FitResult:
+    """Reload the best weights into the module (eval mode) and report the fit."""
+    if state.best_weights is not None:
+        fit.module.load_state_dict(state.best_weights)
+    fit.module.eval()
     return FitResult(
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        best_val_mse=best_val,
-        history=history,
-        train_seconds=train_seconds,
-        samples_seen=samples,
+        best_epoch=state.best_epoch,
+        epochs_run=len(state.history),
+        best_val_mse=state.best_val,
+        history=state.history,
+        train_seconds=state.train_seconds,
+        samples_seen=state.samples,
         resumed_from_epoch=resumed_from,
     )

@@ -52,7 +52,7 @@ class WindowSet:
         return window[:, : self.lookback], window[:, self.lookback :]
 
 
-def split_windows(
+def forecast_windows(
     series: Sequence[np.ndarray],
     target_ranges: Sequence[tuple[int, int]],
     lookback: int,

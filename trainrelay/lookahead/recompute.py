@@ -154,7 +154,7 @@ def policy_frames(
     The observations and positions use the spec stored in the policy file, as ``evaluate_policy``
     does; the refit (``fit_spec`` on these inputs, as ``train_policy_fold`` does) is compared on its own.
     """
-    from trainrelay.policy.evaluate import split_windows, strategy_positions
+    from trainrelay.policy.evaluate import block_windows, strategy_positions
     from trainrelay.policy.model import load_policy
     from trainrelay.policy.observations import ObservationSpec, build_series, fit_spec
 
@@ -176,7 +176,7 @@ def policy_frames(
             for s in series
         ]
     ).with_columns(pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
-    windows = split_windows(series, inputs.segments, fold, "test")
+    windows = block_windows(series, inputs.segments, fold, "test")
     positions = strategy_positions(actor, windows, float(meta["trading_cost"]))
     # a position is decided at the close of bar i (timestamp[i]) and held over bar i+1
     frames = [

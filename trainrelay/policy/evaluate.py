@@ -33,7 +33,7 @@ from trainrelay.policy import significance as sig
 from trainrelay.policy import strategies
 from trainrelay.policy.env import trade_step
 from trainrelay.policy.inputs import load_inputs
-from trainrelay.policy.metrics import YEAR_MS, bars_per_year, sharpe, summarise
+from trainrelay.policy.metrics import YEAR_MS, bars_per_year, sharpe, strategy_metrics
 from trainrelay.policy.model import load_policy
 from trainrelay.policy.observations import ObservationSpec, build_series, episode_index_ranges, split_ranges
 
@@ -56,7 +56,7 @@ TRIVIAL_SHARE = 0.95
 FLAT_BAND = 0.05
 
 
-def split_windows(
+def block_windows(
     series: list, segments: pl.DataFrame, fold: int, split: str = "test"
 ) -> list[strategies.Window]:
     """One window per symbol over fold ``fold``'s ``split`` block (a split is contiguous)."""
@@ -115,7 +115,7 @@ def score_windows(
     """(metrics, portfolio frame of timestamp/ret, gross returns per symbol) of one strategy."""
     nets, grosses = zip(*(_returns(w, p, cost) for w, p in zip(windows, positions, strict=True)), strict=True)
     port = _portfolio([(w.timestamp[1:], n) for w, n in zip(windows, nets, strict=True)])
-    return summarise(port["ret"].to_numpy(), positions, list(grosses), per_year), port, list(grosses)
+    return strategy_metrics(port["ret"].to_numpy(), positions, list(grosses), per_year), port, list(grosses)
 
 
 def _cost_key(multiple: float) -> str:
@@ -270,7 +270,7 @@ def backtest(
         series = _checked_series(meta, inputs, fold)
         if per_year is None:
             per_year = bars_per_year(np.concatenate([s.timestamp for s in series]))
-        windows = split_windows(series, inputs.segments, fold, "test")
+        windows = block_windows(series, inputs.segments, fold, "test")
         if not windows:
             raise DataError(f"fold {fold}'s test block has fewer than two bars; check segments.test_fraction")
         positions = strategy_positions(actor, windows, cost)
@@ -328,7 +328,7 @@ def backtest(
     for name, p in pooled.items():
         ret = np.concatenate(pooled_ret[name][1.0])
         pooled_returns[name] = ret
-        overall[name] = summarise(ret, p["pos"], p["gross"], per_year)
+        overall[name] = strategy_metrics(ret, p["pos"], p["gross"], per_year)
         overall[name]["cost_sensitivity"] = {
             _cost_key(m): _cost_point(np.concatenate(pooled_ret[name][m]), per_year) for m in COST_MULTIPLES
         }

@@ -33,7 +33,7 @@ def max_drawdown(returns: np.ndarray) -> float:
     return float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
 
 
-def summarise(
+def strategy_metrics(
     portfolio_returns: np.ndarray,
     positions: list[np.ndarray],
     gross: list[np.ndarray],

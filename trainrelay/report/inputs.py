@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from trainrelay.errors import DataError
+from trainrelay.errors import DataError, first_line
 from trainrelay.fingerprint import file_sha256
 
 BENCHMARK_COLUMNS = (
@@ -134,11 +134,6 @@ SPECS: dict[str, ArtifactSpec] = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def read_artifact(path: Path, spec: ArtifactSpec) -> pl.DataFrame | dict[str, Any]:
     """Parse one artifact and check its columns/keys; raise DataError with one line otherwise."""
     if not path.is_file():
@@ -151,9 +146,8 @@ def read_artifact(path: Path, spec: ArtifactSpec) -> pl.DataFrame | dict[str, An
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:
-        raise DataError(
-            f"{path}: cannot be read as {spec.fmt} ({_first_line(exc)}); rerun rule `{spec.rule}`"
-        ) from exc
+        reason = first_line(exc, type(exc).__name__)
+        raise DataError(f"{path}: cannot be read as {spec.fmt} ({reason}); rerun rule `{spec.rule}`") from exc
     if spec.fmt == "json":
         if not isinstance(data, dict):
             raise DataError(
