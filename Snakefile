@@ -42,6 +42,15 @@ if workflow.is_main_process:
 from trainrelay.checkpointing import start_session
 from trainrelay.errors import TrainrelayError
 
+# cost.budget (docs/cost.md) becomes time at the run's price: what is left of it after the run's
+# finished jobs, capped by checkpoint.time_budget_minutes, so training stops with its state saved
+# before the budget is spent.
+from trainrelay.cost import session_budget_minutes
+
+config["checkpoint"]["time_budget_minutes"] = session_budget_minutes(
+    config, RESULTS, main_process=workflow.is_main_process
+)
+
 try:
     _session_note = start_session(
         config["checkpoint"]["time_budget_minutes"],

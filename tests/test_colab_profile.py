@@ -37,7 +37,11 @@ def test_profile_puts_outputs_and_training_state_on_drive(monkeypatch) -> None:
     assert profile["executor"] == "local"
     assert "cores" not in profile and "jobs" not in profile  # -j1 on the command line holds
     # the nested config value as Snakemake's --config parser reads it
-    assert parse_config(profile["config"]) == {"checkpoint": {"state_dir": "/mnt/gdrive/exp1/state"}}
+    assert parse_config(profile["config"]) == {
+        "checkpoint": {"state_dir": "/mnt/gdrive/exp1/state"},
+        # the runtime's price in compute units per hour (docs/cost.md): text, as --config delivers it
+        "cost": {"unit": "compute units", "per_hour": "1.8"},
+    }
 
 
 def test_profile_default_drive_root_is_under_my_drive(monkeypatch) -> None:

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "verify-package": ("trainrelay.commands.verify_package", "check a deployment bundle against SHA256SUMS"),
     "pack": ("trainrelay.commands.pack", "pack many small raw files into one verified tar, or --unpack it"),
+    "cost": (
+        "trainrelay.commands.cost",
+        "what a run cost per rule and in all, from its benchmark files x the price per hour",
+    ),
     "runpod-plan": ("trainrelay.commands.runpod_plan", "print the RunPod upload checklist and step order"),
     "lookahead": (
         "trainrelay.commands.lookahead",

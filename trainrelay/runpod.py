@@ -241,6 +241,9 @@ class RunpodPlan:
     notes: list[str] = field(default_factory=list)
     send_bytes: int = 0
     volume_gb_min: int = 0
+    # what the run should take and cost, from an earlier run of the same preset (trainrelay.cost)
+    estimate: dict[str, Any] | None = None
+    estimate_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -525,8 +528,17 @@ def build_plan(
     config_files: Iterable[str] = (),
     datacenter: str | None = None,
     volume_id: str | None = None,
+    previous: str | os.PathLike[str] | None = None,
+    price: Any = None,
 ) -> RunpodPlan:
-    """The upload checklist and step order for ``config``, measured on the files under ``root``."""
+    """The upload checklist and step order for ``config``, measured on the files under ``root``.
+
+    The estimate comes from ``previous`` (a run folder), else ``root/results/<run>`` when it holds
+    benchmark files (the last measured run of the same preset), at ``price``
+    (:class:`trainrelay.cost.Price`, default the config's ``cost:``); without one it says so.
+    """
+    from trainrelay.cost import estimate, price_from_config
+
     root = Path(root)
     config_files = list(config_files)
     dc = datacenter.upper() if datacenter else None
@@ -590,6 +602,17 @@ def build_plan(
         )
     plan.notes.append("a network volume is locked to its datacenter: pods elsewhere cannot mount it")
     plan.steps = _steps(plan, volume_id or "<volume-id>", config_files)
+    price = price if price is not None else price_from_config(config)
+    measured = Path(previous) if previous is not None else results
+    if (measured / "benchmarks").is_dir() and any((measured / "benchmarks").glob("*.tsv")):
+        plan.estimate = estimate(measured, price, config)
+    elif previous is not None:
+        plan.estimate_note = f"no estimate: {measured}/benchmarks holds no benchmark file"
+    else:
+        plan.estimate_note = (
+            f"no estimate: no earlier run of '{plan.run}' measured here (results/{plan.run}/benchmarks); "
+            "run it once (locally or on a pod) or give --from RUN"
+        )
     return plan
 
 
@@ -620,5 +643,25 @@ def render_plan(plan: RunpodPlan) -> str:
         lines.append(f"  {number}. {step.title}")
         lines += [f"       $ {command}" for command in step.commands]
         lines.append(f"       check: {step.verify}")
+    lines += ["", "ESTIMATE (before the run starts):"]
+    if plan.estimate is None:
+        lines.append(f"  {plan.estimate_note}")
+    else:
+        from trainrelay.cost import duration, money
+
+        est = plan.estimate
+        lines.append(
+            f"  from {est['from']}: {est['jobs']} job(s), {est['wall_s']:.0f} s ({duration(est['wall_s'])}) "
+            f"of job time{'' if est['complete'] else ' (that run did not reach its report: a partial run)'}"
+        )
+        if est["measured_on"]:
+            lines.append(f"  measured on: {est['measured_on']} (a faster or slower pod scales this)")
+        if est["cost"] is None:
+            lines.append(f"  cost: {est['price']}; set cost.per_hour or give --price-per-hour")
+        else:
+            lines.append(f"  cost: {money(est['cost'], est['unit'])} at {est['price']}")
+        lines.append(
+            "  not counted: pod start-up, set-up and idle time, the volume's storage, egress (docs/cost.md)"
+        )
     lines += ["", "NOTES:", *[f"  - {note}" for note in plan.notes]]
     return "\n".join(lines) + "\n"

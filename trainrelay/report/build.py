@@ -25,6 +25,7 @@ import polars as pl
 from trainrelay import __version__
 from trainrelay.atomic import write_json, write_text
 from trainrelay.config import text_events_configured
+from trainrelay.cost import report_section
 from trainrelay.errors import ConfigError
 from trainrelay.fingerprint import config_fingerprint
 from trainrelay.report import analysis, charts
@@ -176,6 +177,8 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
             },
         },
         "sources": inputs.sources,
+        # what the run cost so far, from the benchmark files of the jobs that finished before the report
+        "cost": report_section(inputs.results_dir, config),
     }
     return jsonable(context)
 
