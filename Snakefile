@@ -21,10 +21,10 @@ include: "rules/report.smk"
 import sys
 
 from trainrelay.errors import describe_environment_error
-from trainrelay.run_lease import take_lease
+from trainrelay.workflow.run_lease import take_lease
 
 # A run killed with SIGKILL leaves Snakemake's locks behind; the same command must still resume.
-# trainrelay/run_lease.py clears them only when no run that could own them is alive.
+# trainrelay/workflow/run_lease.py clears them only when no run that could own them is alive.
 if workflow.is_main_process:
     try:
         _lease_note = take_lease(".")
@@ -39,13 +39,13 @@ if workflow.is_main_process:
 # and passed to every job (subprocesses and cluster jobs inherit the environment) in
 # TRAINRELAY_DEADLINE, so the forecaster, folds and ablations share it instead of each getting all
 # of it. Not a param: the budget is not part of what a run computes, so changing it reruns nothing.
-from trainrelay.checkpointing import start_session
+from trainrelay.core.checkpointing import start_session
 from trainrelay.errors import TrainrelayError
 
 # cost.budget (docs/cost.md) becomes time at the run's price: what is left of it after the run's
 # finished jobs, capped by checkpoint.time_budget_minutes, so training stops with its state saved
 # before the budget is spent.
-from trainrelay.cost import session_budget_minutes
+from trainrelay.report.cost import session_budget_minutes
 
 config["checkpoint"]["time_budget_minutes"] = session_budget_minutes(
     config, RESULTS, main_process=workflow.is_main_process
@@ -71,11 +71,11 @@ rule all:
 
 
 # Jobs print library chatter (fontTools, weasyprint, torch warnings) only with --verbose
-# (trainrelay/rulerun.py); they inherit this process's environment, also on a cluster.
+# (trainrelay/workflow/rulerun.py); they inherit this process's environment, also on a cluster.
 import os
 
-from trainrelay.closing import closing_lines
-from trainrelay.rulerun import VERBOSE_ENV
+from trainrelay.workflow.closing import closing_lines
+from trainrelay.workflow.rulerun import VERBOSE_ENV
 
 if workflow.is_main_process:
     _settings = getattr(workflow, "output_settings", None)

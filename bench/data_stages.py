@@ -64,8 +64,8 @@ def size_config(name: str) -> dict[str, Any]:
 
 def prepare(workdir: Path, config: dict[str, Any]) -> list[str]:
     """Generate the raw data for ``config`` in ``workdir`` unless the same data is already there."""
+    from trainrelay.core.fingerprint import config_fingerprint
     from trainrelay.data import synthetic
-    from trainrelay.fingerprint import config_fingerprint
 
     marker = workdir / "raw.fingerprint"
     fingerprint = config_fingerprint({k: config[k] for k in ("seed", "synthetic", "intervals")})

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainrelay.atomic import write_json
-from trainrelay.devices import resolve_device
+from trainrelay.core.devices import resolve_device
 from trainrelay.errors import TrainrelayError
 from trainrelay.forecast.protocol import run_protocol
 

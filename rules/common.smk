@@ -11,7 +11,12 @@ min_version("9.0")
 # a plain clone on a cluster node whose venv has only the dependencies).
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from trainrelay.config import check_config, config_digest, load_schema, stage_config_keys
+from trainrelay.config import (
+    check_config,
+    config_digest,
+    load_schema,
+    stage_config_keys,
+)
 from trainrelay.config_file import check_config_files
 from trainrelay.data.acquire import raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
@@ -43,7 +48,7 @@ validate(config, schema="../config/schema.yaml")
 # RunPod's S3 mode (profiles/runpod-s3): one request checks endpoint, keys and bucket, so a wrong key
 # ends in one line here instead of the storage plugin's traceback during the DAG build.
 if workflow.storage_settings.default_storage_provider == "s3":
-    from trainrelay.runpod import check_s3_access
+    from trainrelay.platforms.runpod import check_s3_access
 
     try:
         check_s3_access(workflow.storage_settings.default_storage_prefix)

@@ -1,5 +1,5 @@
 from trainrelay.bench.runner import benchmark_stage
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -1,5 +1,5 @@
-from trainrelay.dashboard import write_dashboard
-from trainrelay.rulerun import run_rule
+from trainrelay.report.dashboard import write_dashboard
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -1,5 +1,5 @@
-from trainrelay.embed import embed_events
-from trainrelay.rulerun import run_rule
+from trainrelay.data.embed import embed_events
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -1,5 +1,5 @@
 from trainrelay.environment import write_environment
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

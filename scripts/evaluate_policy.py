@@ -1,8 +1,7 @@
 from pathlib import Path
 
 from trainrelay.policy.evaluate import evaluate_policy, trial_count
-from trainrelay.policy.inputs import rule_input_paths
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import rule_input_paths, run_rule
 
 
 def main(smk):

@@ -1,6 +1,5 @@
 from trainrelay.export.stage import export_stage
-from trainrelay.policy.inputs import rule_input_paths
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import rule_input_paths, run_rule
 
 
 def main(smk):

@@ -1,5 +1,5 @@
 from trainrelay.data.manifest import build_manifest
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

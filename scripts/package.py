@@ -1,5 +1,5 @@
 from trainrelay.package.builder import build_package
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

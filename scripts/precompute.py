@@ -1,6 +1,6 @@
+from trainrelay.core.threads import set_threads
 from trainrelay.forecast.precompute import precompute_forecasts
-from trainrelay.forecast.stage import set_threads
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

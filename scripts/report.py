@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from trainrelay.report.build import build_report, current_git_commit
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 REPO = Path(__file__).resolve().parent.parent
 

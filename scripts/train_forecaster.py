@@ -1,6 +1,7 @@
-from trainrelay.forecast.stage import set_threads, train_forecaster
-from trainrelay.rulerun import run_rule
+from trainrelay.core.threads import set_threads
+from trainrelay.forecast.stage import train_forecaster
 from trainrelay.tune.space import with_best_params
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

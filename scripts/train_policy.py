@@ -1,5 +1,5 @@
 from trainrelay.policy.train import publish_policy
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -1,6 +1,5 @@
-from trainrelay.policy.inputs import rule_input_paths
 from trainrelay.policy.train import default_state_dir, observation_for, train_policy
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import rule_input_paths, run_rule
 
 
 def main(smk):

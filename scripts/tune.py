@@ -1,7 +1,7 @@
-from trainrelay.forecast.stage import set_threads
-from trainrelay.rulerun import run_rule
+from trainrelay.core.threads import set_threads
 from trainrelay.tune.history import finalize
 from trainrelay.tune.search import run_worker
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -1,6 +1,6 @@
 from trainrelay.errors import DataError
-from trainrelay.rulerun import run_rule
-from trainrelay.validate import failed_summary, validate_run, write_validation
+from trainrelay.report.validate import failed_summary, validate_run, write_validation
+from trainrelay.workflow.rulerun import run_rule
 
 
 def main(smk):

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from trainrelay.bench.sampler import ResourceSampler
 from trainrelay.bench.timing import latency_summary, time_trials, warm_up
+from trainrelay.core.sampler import ResourceSampler
 
 
 def test_warm_up_meets_both_minimums():
@@ -89,7 +89,7 @@ class FakeNVML:
 
 
 def test_sampler_on_a_mig_gpu_keeps_vram_and_notes_the_missing_utilisation(monkeypatch):
-    from trainrelay.bench import sampler as sampler_module
+    from trainrelay.core import sampler as sampler_module
 
     nvml = FakeNVML()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
@@ -107,7 +107,7 @@ def test_sampler_on_a_mig_gpu_keeps_vram_and_notes_the_missing_utilisation(monke
 def test_sampler_falls_back_to_the_driver_when_nvml_memory_fails(monkeypatch):
     """An NVML memory query that fails once is not asked again: VRAM comes from the CUDA driver
     (none on this machine, so no value), and the sampler keeps running."""
-    from trainrelay.bench import sampler as sampler_module
+    from trainrelay.core import sampler as sampler_module
 
     nvml = FakeNVML()
     calls = []

@@ -1,4 +1,4 @@
-"""profiles/colab and config/presets/colab.yaml, read by Snakemake's own parsers, and trainrelay.colab."""
+"""profiles/colab and config/presets/colab.yaml, read by Snakemake's parsers; trainrelay.platforms.colab."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from snakemake.cli import parse_config
 from snakemake.profiles import ProfileConfigFileParser
 
 from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
-from trainrelay import colab
 from trainrelay.config import load_config
+from trainrelay.platforms import colab
 
 PROFILE = REPO / "profiles" / "colab" / "config.yaml"
 PRESET = REPO / "config" / "presets" / "colab.yaml"
@@ -120,9 +120,9 @@ def test_local_cuda_guide_preflight_is_one_line_without_cuda() -> None:
 
 
 def test_notebook_helpers_import_without_the_checkout_requirements() -> None:
-    """The notebook imports trainrelay.colab on Colab's own Python, before `make setup` has run."""
+    """The notebook imports trainrelay.platforms.colab on Colab's own Python, before `make setup` has run."""
     probe = (
-        "import sys; import trainrelay.colab; "
+        "import sys; import trainrelay.platforms.colab; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'jsonschema', 'torch', 'polars', 'numpy', 'snakemake', 'pyarrow'}))"
     )

@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import REPO
 from trainrelay.cli import main as cli_main
-from trainrelay.cost import (
+from trainrelay.errors import ConfigError
+from trainrelay.report.cost import (
     RULES,
     budget_minutes,
     price_from_config,
@@ -20,7 +21,6 @@ from trainrelay.cost import (
     run_cost,
     session_budget_minutes,
 )
-from trainrelay.errors import ConfigError
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 # Snakemake benchmark files of a small run: file -> wall seconds (one row each, as Snakemake writes)
@@ -160,7 +160,7 @@ def test_budget_becomes_the_session_time_budget(tmp_path: Path) -> None:
 
 
 def test_budget_feeds_the_session_deadline(tmp_path: Path) -> None:
-    from trainrelay.checkpointing import DEADLINE_ENV, TimeBudget, start_session
+    from trainrelay.core.checkpointing import DEADLINE_ENV, TimeBudget, start_session
 
     results = write_run(tmp_path)
     config = {"device": "cuda", "checkpoint": {"time_budget_minutes": None},
@@ -176,7 +176,7 @@ def test_budget_feeds_the_session_deadline(tmp_path: Path) -> None:
 
 def test_runpod_plan_estimates_from_the_last_measured_run(tmp_path: Path) -> None:
     from tests.test_runpod_plan import tiny_config
-    from trainrelay.runpod import build_plan, render_plan
+    from trainrelay.platforms.runpod import build_plan, render_plan
 
     root = tmp_path / "repo"
     (root / "results").mkdir(parents=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_run import build_results_tree
-from trainrelay.dashboard import run_dashboard, write_dashboard
 from trainrelay.errors import ConfigError
+from trainrelay.report.dashboard import run_dashboard, write_dashboard
 
 PAGE = Path(__file__).resolve().parents[1] / "reports" / "dashboard" / "index.html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

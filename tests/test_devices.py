@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainrelay.devices import describe_device, resolve_device
+from trainrelay.core.devices import describe_device, resolve_device
 from trainrelay.errors import DeviceError
 
 HAS_CUDA = torch.cuda.is_available()

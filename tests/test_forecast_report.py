@@ -11,7 +11,7 @@ import pytest
 from tests.fixtures_run import build_reported_run, fixture_config
 from trainrelay.report.analysis import forecast_channel_table, forecast_table
 from trainrelay.report.build import build_report
-from trainrelay.validate import validate_run
+from trainrelay.report.validate import validate_run
 
 
 @pytest.fixture(scope="module")

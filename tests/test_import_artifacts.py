@@ -12,9 +12,9 @@ import yaml
 
 from tests.conftest import copy_workflow, run_snakemake, write_config
 from trainrelay.cli import main as cli_main
+from trainrelay.core.fingerprint import file_sha256
 from trainrelay.errors import DataError
-from trainrelay.fingerprint import file_sha256
-from trainrelay.importer import import_artifacts, locate, read_checksums
+from trainrelay.platforms.importer import import_artifacts, locate, read_checksums
 
 RUN_STAGES = ["environment", "acquire", "manifest", "segments", "embeddings", "train_forecaster"]
 FAST = {"until": "train_forecaster", "forecaster": {"train": {"epochs": 2}, "dlinear_train": {"epochs": 1}}}

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import copy_workflow, run_snakemake, write_config
 from trainrelay.cli import main as cli_main
 from trainrelay.errors import DataError
-from trainrelay.packing import (
+from trainrelay.platforms.packing import (
     SUMS_NAME,
     VOLUME_MIN_FILE_BYTES,
     checksum_path,

@@ -18,7 +18,7 @@ import torch
 from stable_baselines3 import PPO
 
 from tests.test_policy_data import policy_config, write_inputs
-from trainrelay.checkpointing import StateStore, TimeBudget
+from trainrelay.core.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.policy.model import load_policy, read_meta
 from trainrelay.policy.train import (

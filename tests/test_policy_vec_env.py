@@ -13,7 +13,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from tests.test_policy_data import policy_config, write_inputs
-from trainrelay.checkpointing import TimeBudget
+from trainrelay.core.checkpointing import TimeBudget
 from trainrelay.errors import BudgetExhausted
 from trainrelay.policy.env import TradingEnv
 from trainrelay.policy.train import make_vec_env, prepare, train_policy

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from tests.fixtures_run import build_results_tree, fixture_config
+from trainrelay.core.fingerprint import config_fingerprint
 from trainrelay.errors import DataError
-from trainrelay.fingerprint import config_fingerprint
 from trainrelay.report.build import build_report, current_git_commit
 
 

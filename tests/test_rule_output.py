@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 def _chatter(smk: SimpleNamespace) -> None:
@@ -51,7 +51,7 @@ def test_library_chatter_reaches_the_console_only_when_verbose(
 
 def test_closing_lines_name_only_what_the_run_built(tmp_path: Path) -> None:
     from trainrelay.atomic import write_json
-    from trainrelay.closing import closing_lines
+    from trainrelay.workflow.closing import closing_lines
 
     results, reports = tmp_path / "results" / "r", tmp_path / "reports" / "r"
     only = closing_lines(results, reports)

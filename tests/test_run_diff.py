@@ -23,7 +23,7 @@ from trainrelay.atomic import write_json, write_parquet
 from trainrelay.cli import main as cli_main
 from trainrelay.config import ACQUIRE_KEYS, config_digest, stage_config_keys
 from trainrelay.deep_merge import deep_merge
-from trainrelay.run_diff import diff_runs, stage_keys
+from trainrelay.report.run_diff import diff_runs, stage_keys
 
 # -- runs cloned from the report fixture -----------------------------------------------------------
 
@@ -297,7 +297,7 @@ def test_digests_from_a_resolved_config_match_what_snakemake_recorded(checkout: 
     """stage_keys + config_digest over the resolved config give the rules' own params values."""
     from snakemake.utils import validate
 
-    from trainrelay.run_diff import _snakemake_digests
+    from trainrelay.report.run_diff import _snakemake_digests
 
     config = yaml.safe_load((checkout / "config" / "config.yaml").read_text())
     deep_merge(config, yaml.safe_load((checkout / "a.yaml").read_text()))
@@ -309,7 +309,7 @@ def test_digests_from_a_resolved_config_match_what_snakemake_recorded(checkout: 
 
 
 def test_imported_run_compares_with_a_run_of_another_checkout(checkout: Path, tmp_path: Path) -> None:
-    from trainrelay.importer import import_artifacts
+    from trainrelay.platforms.importer import import_artifacts
 
     src = tmp_path / "pod"
     shutil.copytree(checkout / "results" / "b", src / "outputs" / "b")

@@ -14,8 +14,8 @@ from tests.conftest import REPO, TINY
 from trainrelay.cli import main as cli_main
 from trainrelay.data.acquire import raw_targets
 from trainrelay.deep_merge import deep_merge
-from trainrelay.packing import pack, tar_bytes, volume_bytes
-from trainrelay.runpod import S3_DATACENTERS, build_plan, has_s3_api, render_plan, s3_endpoint
+from trainrelay.platforms.packing import pack, tar_bytes, volume_bytes
+from trainrelay.platforms.runpod import S3_DATACENTERS, build_plan, has_s3_api, render_plan, s3_endpoint
 
 STEP_TITLES = [
     "create the network volume",

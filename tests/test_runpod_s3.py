@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
 from trainrelay.errors import ConfigError
-from trainrelay.runpod import (
+from trainrelay.platforms.runpod import (
     ACCESS_KEY_VAR,
     ENDPOINT_VAR,
     REGION_VAR,

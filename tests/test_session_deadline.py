@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import copy_workflow, run_snakemake, write_config
-from trainrelay.checkpointing import DEADLINE_ENV, TimeBudget, session_deadline, start_session
+from trainrelay.core.checkpointing import DEADLINE_ENV, TimeBudget, session_deadline, start_session
 from trainrelay.errors import BudgetExhausted, ConfigError
 
 # ---------------------------------------------------------------------------------------------

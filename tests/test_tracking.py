@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainrelay import tracking
+from trainrelay.core import tracking
 
 
 def _config(backend: str) -> dict:
@@ -39,7 +39,7 @@ def test_flatten_nested_params():
 def test_missing_backend_warns_once_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(tracking, "_warned", set())
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what a venv without mlflow does: ImportError
-    with caplog.at_level(logging.WARNING, logger="trainrelay.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trainrelay.core.tracking"):
         for _ in range(2):
             with tracking.start(_config("mlflow"), stage="policy", directory=tmp_path) as t:
                 t.log_metrics({"x": 1.0}, step=0)
@@ -78,7 +78,7 @@ import time
 from pathlib import Path
 
 import mlflow  # imported before the barrier: the jobs then start their runs within milliseconds
-from trainrelay import tracking
+from trainrelay.core import tracking
 
 directory, fold = Path(sys.argv[1]), int(sys.argv[2])
 (directory / f"ready-{fold}").touch()

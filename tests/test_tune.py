@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from tests.test_forecast_stage import tiny_config, write_inputs
-from trainrelay.devices import resolve_device
+from trainrelay.core.devices import resolve_device
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.forecast.base import Forecaster
 from trainrelay.forecast.inputs import load_fold

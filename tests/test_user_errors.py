@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import REPO
 from trainrelay import atomic
 from trainrelay.errors import DataError, describe_environment_error
-from trainrelay.rulerun import run_rule
+from trainrelay.workflow.rulerun import run_rule
 
 
 @contextlib.contextmanager

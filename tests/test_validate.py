@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from tests.fixtures_run import build_reported_run
-from trainrelay.validate import run_validate, validate_run
+from trainrelay.report.validate import run_validate, validate_run
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import SNAKEMAKE, copy_workflow, run_snakemake, write_config
 from tests.test_workflow_full import FAST
-from trainrelay.run_lease import LEASE_DIR
+from trainrelay.workflow.run_lease import LEASE_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +145,7 @@ def test_a_live_run_keeps_its_locks(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import pathlib, sys, time; from trainrelay.run_lease import LeaseHolder; "
+            "import pathlib, sys, time; from trainrelay.workflow.run_lease import LeaseHolder; "
             "LeaseHolder(pathlib.Path(sys.argv[1])); print('held', flush=True); time.sleep(600)",
             str(workdir),
         ],

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from trainrelay import __version__
-from trainrelay.rulerun import setup_logging, user_error_line
+from trainrelay.workflow.rulerun import setup_logging, user_error_line
 
 # command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {

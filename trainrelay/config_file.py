@@ -1,7 +1,7 @@
 """Read one YAML config file as a mapping, or fail with one line naming ``file:line:column``.
 
 Its own module, with nothing but PyYAML, because notebooks/colab.ipynb's kernel (Colab's Python,
-not the checkout's venv) reads the config through :mod:`trainrelay.colab` as well.
+not the checkout's venv) reads the config through :mod:`trainrelay.platforms.colab` as well.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Layered config files merged as Snakemake merges ``--configfile`` layers.
 
-Standard library only: ``trainrelay.colab`` uses it on Colab's own Python before the checkout's
+Standard library only: ``trainrelay.platforms.colab`` uses it on Colab's own Python before the checkout's
 requirements (jsonschema, torch, ...) are installed.
 """
 

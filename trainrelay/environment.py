@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trainrelay import atomic
-from trainrelay.devices import describe_device, resolve_device
+from trainrelay.core.devices import describe_device, resolve_device
 from trainrelay.errors import ANSI_ESCAPE, first_line
 
 # The providers the benchmark stage can use; others (OpenVINO, DirectML...) are out of scope.
@@ -56,6 +56,7 @@ def _captured_stderr_fd() -> Iterator[list[str]]:
 
 def _probe_model_bytes() -> bytes:
     """A one-node ONNX graph (y = x + x) that every execution provider supports."""
+    # imported here: the preflight probes what is installed; each import is part of the probe
     import onnx
     from onnx import TensorProto, helper
 
@@ -85,6 +86,7 @@ def _failure_reason(provider: str, caught: list[warnings.WarningMessage], native
 def ort_provider_status(provider: str) -> str:
     """``"ok"`` when ``provider`` creates a session and runs a one-node model, else the reason (one line)."""
     try:
+        # a probe: importing it is part of the check
         import onnxruntime as ort
     except Exception as exc:
         return f"onnxruntime cannot be imported: {first_line(exc, NO_MESSAGE)}"
@@ -107,6 +109,7 @@ def ort_provider_status(provider: str) -> str:
 
 def _onnxruntime_info() -> dict[str, Any]:
     try:
+        # a probe: importing it is part of the check
         import onnxruntime as ort
     except Exception as exc:
         reason = f"onnxruntime cannot be imported: {first_line(exc, NO_MESSAGE)}"
@@ -124,6 +127,7 @@ def _onnxruntime_info() -> dict[str, Any]:
 
 def _tensorrt_info() -> dict[str, Any]:
     try:
+        # a probe: TensorRT is an optional GPU extra
         import tensorrt
     except ModuleNotFoundError:
         return {"version": None, "reason": "python package 'tensorrt' not installed"}
@@ -137,6 +141,7 @@ def _tensorrt_info() -> dict[str, Any]:
 
 def _nvml_info() -> dict[str, Any]:
     try:
+        # a probe: nvidia-ml-py is an optional GPU extra
         import pynvml
     except ModuleNotFoundError:
         return {

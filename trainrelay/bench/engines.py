@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -212,8 +213,6 @@ class OrtEngine(Engine):
         return [("TensorrtExecutionProvider", trt), cuda]
 
     def build(self) -> None:
-        import onnxruntime as ort
-
         wanted = self.PROVIDERS[self.spec.name]
         gpu_build = wanted in ort.get_available_providers()
         if self.spec.device == "cuda" and gpu_build and hasattr(ort, "preload_dlls"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import polars as pl
 import torch
 
@@ -31,11 +32,14 @@ from trainrelay.bench.engines import (
     make_engine,
     probe,
 )
-from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.bench.select import OBJECTIVES, select_engines
 from trainrelay.bench.timing import latency_summary, time_trials, warm_up
+from trainrelay.core.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.errors import ConfigError
 from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx_file
+from trainrelay.export.samples import read_samples
+from trainrelay.forecast.checkpoint import load_forecaster
+from trainrelay.policy.model import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +268,6 @@ def reference_outputs(model: ModelUnderTest, batches: tuple[int, ...]) -> dict[i
         module = model.module.eval()
         with torch.inference_mode():
             return {b: module(torch.from_numpy(x)).float().numpy() for b, x in inputs.items()}
-    import onnxruntime as ort
 
     session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
     return {b: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for b, x in inputs.items()}
@@ -348,10 +351,6 @@ def benchmark_stage(
     threads: int,
 ) -> dict[str, Any]:
     """The benchmark rule: load both models and their real inputs, measure, select, write."""
-    from trainrelay.export.samples import read_samples
-    from trainrelay.forecast.checkpoint import load_forecaster
-    from trainrelay.policy.model import load_policy
-
     forecaster, f_meta = load_forecaster(forecaster_checkpoint)
     policy, p_meta = load_policy(policy_checkpoint)
     f_shape = (int(f_meta["lookback"]), len(f_meta["channels"]))

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: cli imports every command module to build --help (0.3 s); the libraries at the top
+    # would make every command 1.6 s (measured)
     from trainrelay.data.acquire import acquire, raw_root, raw_targets
 
     config = load_config(args.config, args.configfile)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from trainrelay.errors import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -24,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainrelay.errors import ConfigError
-    from trainrelay.run_diff import diff_runs, format_diff
+    # imported here: cli imports every command module to build --help (0.3 s); the libraries at the top
+    # would make every command 1.6 s (measured)
+    from trainrelay.report.run_diff import diff_runs, format_diff
 
     if not args.rtol >= 0:
         raise ConfigError(f"--rtol {args.rtol}: must be a number >= 0")

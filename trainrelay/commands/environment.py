@@ -12,6 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: cli imports every command module to build --help (0.3 s); the libraries at the top
+    # would make every command 1.6 s (measured)
     from trainrelay.environment import collect_environment, write_environment
 
     if args.out:

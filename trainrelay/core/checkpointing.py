@@ -143,7 +143,7 @@ class StateStore:
         return target
 
     def latest(self) -> dict[str, Any] | None:
-        import torch
+        import torch  # see save(): not at the top, the Snakefile imports this module
 
         for path in reversed(self._files()):
             try:

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+import torch
 
 
 def _cuda_uuid(device_index: int) -> str:
     """NVML's UUID ("GPU-..." or "MIG-...") of CUDA device ``device_index`` as this process sees it."""
-    import torch
-
     uuid = str(torch.cuda.get_device_properties(device_index).uuid)
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
@@ -56,8 +55,6 @@ def gpu_memory_used_mb(device_index: int = 0) -> float | None:
 
 def _driver_memory_used_mb(device_index: int) -> float | None:
     """Used memory of the whole GPU in MiB as the CUDA driver reports it; None without CUDA."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info(device_index)

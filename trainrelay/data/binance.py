@@ -28,7 +28,7 @@ import requests
 from trainrelay.atomic import write_bytes, write_text
 from trainrelay.data import archive
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import file_sha256
+from trainrelay.core.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 

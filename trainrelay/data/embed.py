@@ -31,8 +31,12 @@ from tqdm import tqdm
 
 from trainrelay import atomic
 from trainrelay.data.events import EVENT_COLUMNS, read_events
-from trainrelay.devices import resolve_device
+from trainrelay.core.devices import resolve_device
 from trainrelay.errors import ConfigError, DataError
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from transformers import AutoConfig
+from transformers import AutoModel, AutoTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +94,6 @@ def _read_model_json(source: ModelSource, filename: str) -> dict[str, Any] | lis
     if source.local:
         path = Path(source.location) / filename
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return json.loads(Path(hf_hub_download(source.location, filename)).read_text(encoding="utf-8"))
@@ -142,8 +144,6 @@ def _load_error(source: ModelSource, exc: BaseException) -> ConfigError:
 
 def model_dim(source: ModelSource, head: SentenceHead) -> int:
     """The sentence-vector length, read from the model's config without loading weights."""
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(source.location, local_files_only=source.local)
     except Exception as exc:
@@ -190,8 +190,6 @@ def encode_texts(
     max_length: int,
 ) -> np.ndarray:
     """Embed ``texts`` in order; returns float32 ``(len(texts), dim)``."""
-    from transformers import AutoModel, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=source.local)
         model = AutoModel.from_pretrained(source.location, local_files_only=source.local, dtype=torch.float32)

@@ -44,7 +44,7 @@ import polars as pl
 from trainrelay import atomic
 from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import file_sha256
+from trainrelay.core.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 

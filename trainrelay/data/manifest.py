@@ -25,7 +25,7 @@ from trainrelay.data import archive, features, freqtrade
 from trainrelay.data.events import read_events
 from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import file_sha256
+from trainrelay.core.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 
 from trainrelay import atomic
@@ -104,9 +107,6 @@ def check_onnx_file(path: str | Path, fix: str) -> None:
     error about the file, with the step that rewrites it, and never looks like an engine that cannot
     run on this machine (ONNX Runtime reports both the same way: the session does not load).
     """
-    import onnx
-    from google.protobuf.message import DecodeError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is missing: {fix}")
@@ -136,8 +136,6 @@ def export_module(
     The file is written atomically, checked with ``onnx.checker`` (full check, with shape
     inference) and must have a symbolic batch axis on its input and output.
     """
-    import onnx
-
     target = Path(target)
     module = module.eval()
     example = _example_for_export(sample.detach().to(torch.float32).cpu())
@@ -176,8 +174,6 @@ def parity_report(
     difference, ``rel_l2`` is ``||onnx - torch|| / ||torch||`` over all outputs. ``passed`` means
     ``rel_l2 <= tolerance``; the report also lists the input shapes that were run.
     """
-    import onnxruntime as ort
-
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
     options = ort.SessionOptions()
     options.log_severity_level = 3

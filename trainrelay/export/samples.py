@@ -16,9 +16,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from trainrelay import atomic
 from trainrelay.errors import DataError
+from trainrelay.policy.env import TradingEnv
+from trainrelay.policy.inputs import load_inputs
+from trainrelay.policy.observations import (
+    ObservationSpec,
+    build_series,
+    episode_index_ranges,
+    split_ranges,
+)
 
 
 def forecaster_windows(
@@ -67,16 +76,6 @@ def policy_observations(
     ``paths`` holds features, scaler, segments, forecasts and text (None when absent), as for the
     policy stages.
     """
-    import torch
-
-    from trainrelay.policy.env import TradingEnv
-    from trainrelay.policy.inputs import load_inputs
-    from trainrelay.policy.observations import (
-        ObservationSpec,
-        build_series,
-        episode_index_ranges,
-        split_ranges,
-    )
 
     inputs = load_inputs(
         paths["features"], paths["scaler"], paths["segments"], paths["forecasts"], paths.get("text")

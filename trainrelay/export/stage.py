@@ -16,6 +16,8 @@ import torch
 from trainrelay import atomic
 from trainrelay.export.onnx_export import export_with_parity
 from trainrelay.export.samples import forecaster_windows, policy_observations, write_samples
+from trainrelay.forecast.checkpoint import load_forecaster
+from trainrelay.policy.model import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,8 @@ def export_stage(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Run the whole stage; ``inputs`` are the upstream files of a policy rule
-    (:func:`trainrelay.policy.inputs.rule_input_paths`), ``settings`` the config's
+    (:func:`trainrelay.workflow.rulerun.rule_input_paths`), ``settings`` the config's
     ``benchmark.export`` section."""
-    from trainrelay.forecast.checkpoint import load_forecaster
-    from trainrelay.policy.model import load_policy
-
     torch.manual_seed(0)  # export traces deterministically; nothing here is random, but be explicit
     count = int(settings["samples"])
     opset = int(settings["opset"])

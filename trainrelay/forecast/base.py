@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainrelay.bench.sampler import ResourceSampler, gpu_memory_used_mb
-from trainrelay.checkpointing import StateStore, TimeBudget
+from trainrelay.core.checkpointing import StateStore, TimeBudget
+from trainrelay.core.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.errors import ConfigError
 from trainrelay.forecast.dlinear import DLinear, DLinearParams
 from trainrelay.forecast.lstm import LSTMForecaster, LSTMParams

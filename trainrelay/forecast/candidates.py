@@ -18,6 +18,7 @@ import json
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from transformers import PatchTSTConfig, PatchTSTForPrediction
 
 from trainrelay.atomic import write_json
 from trainrelay.forecast.base import build_module
-from trainrelay.forecast.protocol import PAPER_PATCHTST
+from trainrelay.forecast.protocol import PAPER_PATCHTST, PAPER_TRAIN, ett_windows, read_ett
+from trainrelay.forecast.training import evaluate, fit_module
 
 LOOKBACK, HORIZON, CHANNELS = 336, 96, 7
 
@@ -39,7 +42,6 @@ class HFPatchTST(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from transformers import PatchTSTConfig, PatchTSTForPrediction
 
         p = PAPER_PATCHTST["hourly"]
         config = PatchTSTConfig(
@@ -138,10 +140,6 @@ def check_export(module: nn.Module, dynamo: bool, directory: Path) -> dict[str, 
 
 def compare_accuracy(data: str | Path, epochs: int, seed: int = 2021) -> dict[str, Any]:
     """Both PatchTST candidates trained the same way on ETTh1 (H=96) for ``epochs`` epochs."""
-    from dataclasses import replace
-
-    from trainrelay.forecast.protocol import PAPER_TRAIN, ett_windows, read_ett
-    from trainrelay.forecast.training import evaluate, fit_module
 
     values, _, per_hour = read_ett(data)
     sets, _, _ = ett_windows(values, per_hour, LOOKBACK, HORIZON)

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from trainrelay.atomic import write_parquet
-from trainrelay.devices import resolve_device
+from trainrelay.core.devices import resolve_device
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.forecast.checkpoint import load_checkpoint
 from trainrelay.forecast.windows import trailing_windows

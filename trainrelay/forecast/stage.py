@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
 
 from trainrelay.atomic import atomic_path, write_json
-from trainrelay.checkpointing import StateStore, TimeBudget
-from trainrelay.devices import resolve_device
+from trainrelay.core import tracking
+from trainrelay.core.checkpointing import StateStore, TimeBudget
+from trainrelay.core.devices import resolve_device
+from trainrelay.core.fingerprint import config_fingerprint, file_sha256
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import config_fingerprint, file_sha256
 from trainrelay.forecast import baselines
 from trainrelay.forecast import metrics as fm
 from trainrelay.forecast.base import MODELS, TRAINABLE, Forecaster
@@ -301,8 +301,6 @@ def _track(
     config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, float]], ckpt: Any
 ) -> None:
     """Log to the optional experiment tracker (W&B / MLflow) when the workflow configures one."""
-    from trainrelay import tracking
-
     with tracking.start(config, stage="forecaster") as t:
         t.log_params({"forecaster": config["forecaster"], "seed": config["seed"]})
         for row in history:
@@ -310,9 +308,3 @@ def _track(
         flat = {f"{m}.{k}": v for m, vals in metrics["models"].items() for k, v in vals.items()}
         t.log_metrics(flat)
         t.log_artifact(str(ckpt))
-
-
-def set_threads(threads: int | None) -> None:
-    """Use the rule's ``threads`` for torch on the CPU (Snakemake's cores budget)."""
-    if threads:
-        torch.set_num_threads(int(threads))

@@ -3,7 +3,7 @@
 Seeded; Adam or AdamW; the paper's schedules (constant, ``type1`` halving, ``type3`` hold then
 x0.9 per epoch, per-batch one-cycle); early stopping on validation MSE with the best weights
 reloaded at the end; bf16 autocast on CUDA; a tqdm bar per epoch. With a
-:class:`~trainrelay.checkpointing.StateStore` the complete state (model, optimiser, scheduler, RNG
+:class:`~trainrelay.core.checkpointing.StateStore` the complete state (model, optimiser, scheduler, RNG
 states, epoch, batch index and that epoch's shuffled order, best score, early-stop counter,
 history) is saved at every epoch end and whenever the :class:`TimeBudget` says so between
 batches, so a killed job continues where it stopped and ends with the same weights.
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainrelay.checkpointing import StateStore, TimeBudget
+from trainrelay.core.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.forecast.windows import WindowSet
 

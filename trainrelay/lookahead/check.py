@@ -17,6 +17,7 @@ What "at or before t" means per stage (docs/lookahead.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -345,8 +346,6 @@ def compare_cut(
 
 def reproduces(run: RunFiles, base: Outputs) -> list[dict[str, Any]]:
     """Does the in-process baseline equal the run's own files? (Proof the check runs the run's code.)"""
-    import json
-
     checks: list[tuple[str, Any, Any]] = [
         (str(run.features), pl.read_parquet(run.features), base.features),
         (str(run.scaler), json.loads(run.scaler.read_text(encoding="utf-8")), base.scaler),
@@ -357,6 +356,8 @@ def reproduces(run: RunFiles, base: Outputs) -> list[dict[str, Any]]:
     if run.forecasts is not None and base.forecasts is not None:
         checks.append((str(run.forecasts), pl.read_parquet(run.forecasts), base.forecasts))
     if base.specs:
+        # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run
+        # that stopped before this stage never needs it
         from trainrelay.policy.model import read_meta
 
         for fold, path in sorted(run.policies.items()):

@@ -23,6 +23,7 @@ import polars as pl
 
 from trainrelay.data.segments import build_segments
 from trainrelay.errors import DataError
+from trainrelay.policy.inputs import load_inputs
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def _events_path(manifest: pl.DataFrame, raw_files: list[str]) -> str | None:
 def forecaster_windows(paths: dict[str, Path], config: dict[str, Any]) -> pl.DataFrame:
     """What ``train_forecaster`` fits and early-stops on: every element of forecaster.fold's train and
     val windows, as (split, window, timestamp, symbol, channels...) rows."""
+    # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run that
+    # stopped before this stage never needs it
     from trainrelay.forecast.inputs import load_fold
 
     series, windows, channels, _ = load_fold(paths["features"], paths["scaler"], paths["metadata"], config)
@@ -154,6 +157,8 @@ def policy_frames(
     The observations and positions use the spec stored in the policy file, as ``evaluate_policy``
     does; the refit (``fit_spec`` on these inputs, as ``train_policy_fold`` does) is compared on its own.
     """
+    # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run that
+    # stopped before this stage never needs it
     from trainrelay.policy.evaluate import block_windows, strategy_positions
     from trainrelay.policy.model import load_policy
     from trainrelay.policy.observations import ObservationSpec, build_series, fit_spec
@@ -201,8 +206,6 @@ def recompute(
     device: str | None = None,
 ) -> Outputs:
     """Run every stage the finished run has, from ``raw_files``, writing into ``scratch``."""
-    from trainrelay.policy.inputs import load_inputs
-
     config = _device_config(config, device)
     manifest = pl.read_parquet(run.manifest)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,9 @@ def recompute(
     )
     text_path = None
     if run.embeddings is not None:
-        from trainrelay.embed import embed_events
+        # imported here: embed loads torch and transformers (2 s, measured); only runs with text embeddings
+        # need it
+        from trainrelay.data.embed import embed_events
 
         events = _events_path(manifest, raw_files)
         if events is None:
@@ -236,6 +241,8 @@ def recompute(
         out.embeddings = pl.read_parquet(text_path)
     if run.forecaster is None:
         return out
+    # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run that
+    # stopped before this stage never needs it
     from trainrelay.forecast.precompute import precompute_forecasts
 
     out.forecaster_windows = forecaster_windows(paths, config)

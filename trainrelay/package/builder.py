@@ -22,8 +22,8 @@ import onnx
 import yaml
 
 from trainrelay import __version__
+from trainrelay.core.fingerprint import config_fingerprint
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import config_fingerprint
 from trainrelay.package.tarball import write_tar_gz
 from trainrelay.package.verify import MANIFEST, format_manifest
 

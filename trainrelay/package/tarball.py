@@ -2,7 +2,7 @@
 
 One writer, :func:`write_tar`, for both archives the project makes: the deployment bundle
 (:func:`write_tar_gz`, a ``.tar.gz`` of in-memory files) and the packed raw-data folder
-(``trainrelay.packing.pack``, a plain ``.tar`` streamed from disk). Members go in the order given,
+(``trainrelay.platforms.packing.pack``, a plain ``.tar`` streamed from disk). Members go in the order given,
 in PAX format with UTF-8 names, and every member gets the fixed metadata of a :class:`MemberStyle`:
 one mtime, uid/gid 0, one owner name, mode 0644 (0755 for directories and executable suffixes).
 The bundle lists its directories explicitly, sorts every member and writes a gzip header without a

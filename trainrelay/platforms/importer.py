@@ -7,7 +7,7 @@ candidate whose trailing folders match the declared path best), and then:
 
 * checks checksums: a ``SHA256SUMS`` file in SRC (``sha256sum`` format) must agree with the files;
   without one the sums are computed; raw data is also checked against the manifest's sha256 column;
-* checks content with the required-artifact checklist of :mod:`trainrelay.validate`;
+* checks content with the required-artifact checklist of :mod:`trainrelay.report.validate`;
 * imports every rule whose files are all present and sound and whose upstream rules are imported,
   names what is missing or corrupt, and never overwrites a different file without ``force``;
 * gives the imported files modification times in DAG order and drops any stale Snakemake
@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from trainrelay.atomic import atomic_path, write_json, write_text
+from trainrelay.core.fingerprint import file_sha256
 from trainrelay.errors import ConfigError, DataError
-from trainrelay.fingerprint import file_sha256
+from trainrelay.report.validate import validate_run
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +178,8 @@ def _index(src: Path) -> dict[str, list[str]]:
 
 
 def _validate_content(plan: ImportPlan, results_rel: str, reports_rel: str) -> None:
-    """The required-artifact checklist (trainrelay.validate) on the found files, laid out as results/<run>."""
-    from trainrelay.validate import validate_run
-
+    """The required-artifact checklist (trainrelay.report.validate) on the found files, laid out
+    as results/<run>."""
     with tempfile.TemporaryDirectory(prefix="trainrelay-import-") as tmp:
         for declared, source in plan.found.items():
             link = Path(tmp) / declared
@@ -195,7 +197,6 @@ def _check_raw_against_manifest(plan: ImportPlan, manifest_rel: str, raw_rel: st
     source = plan.found.get(manifest_rel)
     if source is None:
         return
-    import polars as pl
 
     try:
         rows = pl.read_parquet(source, columns=["path", "sha256"]).rows()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from trainrelay.atomic import atomic_path, write_text
+from trainrelay.core.fingerprint import file_sha256
 from trainrelay.errors import DataError
-from trainrelay.fingerprint import file_sha256
 from trainrelay.package.tarball import ENCODING, MemberStyle, TarEntry, write_tar
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from trainrelay.data.acquire import raw_root, raw_targets
 from trainrelay.errors import ConfigError
-from trainrelay.packing import VOLUME_MIN_FILE_BYTES, tar_bytes, volume_bytes
+from trainrelay.platforms.packing import VOLUME_MIN_FILE_BYTES, tar_bytes, volume_bytes
+from trainrelay.report.cost import duration, estimate, money, price_from_config
 
 ENDPOINT_VAR = "SNAKEMAKE_STORAGE_S3_ENDPOINT_URL"
 ACCESS_KEY_VAR = "SNAKEMAKE_STORAGE_S3_ACCESS_KEY"
@@ -241,7 +243,7 @@ class RunpodPlan:
     notes: list[str] = field(default_factory=list)
     send_bytes: int = 0
     volume_gb_min: int = 0
-    # what the run should take and cost, from an earlier run of the same preset (trainrelay.cost)
+    # what the run should take and cost, from an earlier run of the same preset (trainrelay.report.cost)
     estimate: dict[str, Any] | None = None
     estimate_note: str = ""
 
@@ -302,8 +304,6 @@ def _code_item(root: Path) -> Item:
 
 
 def _raw_items(root: Path, config: dict[str, Any]) -> tuple[list[Item], list[str]]:
-    from trainrelay.data.acquire import raw_root, raw_targets
-
     source = config["source"]
     expected = len(raw_targets(config))
     raw_rel = raw_root(config)
@@ -431,7 +431,6 @@ def _steps(plan: RunpodPlan, volume: str, config_files: list[str]) -> list[Step]
     dc = plan.datacenter or "<DATACENTER>"
     endpoint = plan.endpoint or "https://s3api-<datacenter>.runpod.io/"
     aws = f"aws s3 --region {dc} --endpoint-url {endpoint}"
-    from trainrelay.data.acquire import raw_root
 
     raw_tar = f"raw-{plan.source}.tar"
     raw_dir = raw_root({"run": plan.run, "source": plan.source})
@@ -535,10 +534,8 @@ def build_plan(
 
     The estimate comes from ``previous`` (a run folder), else ``root/results/<run>`` when it holds
     benchmark files (the last measured run of the same preset), at ``price``
-    (:class:`trainrelay.cost.Price`, default the config's ``cost:``); without one it says so.
+    (:class:`trainrelay.report.cost.Price`, default the config's ``cost:``); without one it says so.
     """
-    from trainrelay.cost import estimate, price_from_config
-
     root = Path(root)
     config_files = list(config_files)
     dc = datacenter.upper() if datacenter else None
@@ -647,8 +644,6 @@ def render_plan(plan: RunpodPlan) -> str:
     if plan.estimate is None:
         lines.append(f"  {plan.estimate_note}")
     else:
-        from trainrelay.cost import duration, money
-
         est = plan.estimate
         lines.append(
             f"  from {est['from']}: {est['jobs']} job(s), {est['wall_s']:.0f} s ({duration(est['wall_s'])}) "

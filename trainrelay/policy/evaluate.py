@@ -19,6 +19,7 @@ built from these numbers (:func:`verdict`).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -467,8 +468,6 @@ def _trivial_sentence(trivial: dict[str, Any]) -> str:
 
 def merge_ablations(paths: dict[str, str | Path]) -> dict[str, Any]:
     """{variant: {observation, sharpe, ...}} from the variants' metrics files (metrics/ablation/<v>.json)."""
-    import json
-
     merged = {}
     for variant, path in sorted(paths.items()):
         try:

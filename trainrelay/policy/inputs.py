@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -23,17 +22,6 @@ class PolicyInputs:
     scaler: dict
     segments: pl.DataFrame  # segments_metadata.parquet
     text: pl.DataFrame | None  # text_embeddings.parquet, None when not given
-
-
-def rule_input_paths(named: Any) -> dict[str, str | None]:
-    """The upstream files of a policy rule, from its Snakemake ``input`` (``text`` is optional)."""
-    return {
-        "features": named.features,
-        "scaler": named.scaler,
-        "segments": named.segments,
-        "forecasts": named.forecasts,
-        "text": named.get("text"),
-    }
 
 
 def _read_parquet(path: str | Path, what: str) -> pl.DataFrame:

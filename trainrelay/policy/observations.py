@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 from scipy.signal import lfilter
 
+from trainrelay.data.scaling import transform
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.policy.inputs import PolicyInputs
 
@@ -249,8 +250,6 @@ def build_series(
     inputs: PolicyInputs, spec: ObservationSpec, funding_every_hours: float | None
 ) -> list[SymbolSeries]:
     """Per-symbol arrays of the market part of the observation plus what the reward needs."""
-    from trainrelay.data.scaling import transform  # written by the segments stage helper
-
     frame = inputs.frame
     scaled = transform(frame, inputs.scaler, spec.fold)
     parts = [scaled.select(spec.features)]

@@ -7,7 +7,7 @@ are independent jobs (``train_policy_fold`` in rules/policy.smk).
 Resume works like the forecaster's: at every rollout boundary (after PPO's update on the previous
 rollout, the only point where PPO's state is consistent) the model with its optimizer, the
 timesteps done, the mid-episode state and RNG of every env, the global RNGs and the loss rows so far
-go to a :class:`~trainrelay.checkpointing.StateStore` under ``<state_dir>``. A rerun with the same
+go to a :class:`~trainrelay.core.checkpointing.StateStore` under ``<state_dir>``. A rerun with the same
 config and inputs continues from the newest state and ends with the same model an uninterrupted
 run would have produced. A time budget stops at the next boundary check and raises
 :class:`~trainrelay.errors.BudgetExhausted`.
@@ -31,12 +31,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from trainrelay.atomic import write_bytes, write_text
-from trainrelay.checkpointing import StateStore, TimeBudget
+from trainrelay.core import tracking
+from trainrelay.core.checkpointing import StateStore, TimeBudget
+from trainrelay.core.devices import resolve_device
+from trainrelay.core.fingerprint import config_fingerprint, file_sha256
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
-from trainrelay.fingerprint import config_fingerprint, file_sha256
 from trainrelay.policy.env import TradingEnv
 from trainrelay.policy.inputs import load_inputs
-from trainrelay.policy.model import save_policy
+from trainrelay.policy.model import read_meta, save_policy
 from trainrelay.policy.observations import (
     ObservationSpec,
     build_series,
@@ -257,8 +259,6 @@ def _write_loss_csv(rows: list[dict], target: str | Path) -> None:
 
 
 def _resolve_device(requested: str) -> torch.device:
-    from trainrelay.devices import resolve_device
-
     return resolve_device(requested)
 
 
@@ -301,8 +301,6 @@ def train_policy(
     ``paths``: features, scaler, segments, forecasts, text (None: no text file). ``observation``
     overrides ``config["policy"]["observation"]`` (the ablation variants).
     """
-    from trainrelay import tracking
-
     policy_cfg = config["policy"]
     ppo_cfg = policy_cfg["ppo"]
     observation = dict(observation if observation is not None else policy_cfg["observation"])
@@ -418,8 +416,6 @@ def publish_policy(
     policy_in: str | Path, loss_in: str | Path, policy_out: str | Path, loss_out: str | Path
 ) -> None:
     """Copy one fold's policy and loss CSV to the deployable places (atomically), checking the zip first."""
-    from trainrelay.policy.model import read_meta
-
     meta = read_meta(policy_in)  # a DataError naming the file if it is not a policy zip
     loss_in = Path(loss_in)
     if not loss_in.is_file():

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from trainrelay.bench.constraints import check_row
 from trainrelay.report.inputs import FORECAST_METRICS, POLICY_INTERVALS, POLICY_METRICS, RunInputs
 from trainrelay.report.values import finite, records
 
@@ -312,8 +313,6 @@ def _check_note(check: dict[str, Any]) -> str:
 def evaluate_constraints(rows: list[dict[str, Any]], selection: dict[str, Any]) -> list[dict[str, Any]]:
     """Every benchmark row against the constraints the selection used, with the benchmark's own
     checker (trainrelay.bench.constraints), so the report cannot disagree with the choice."""
-    from trainrelay.bench.constraints import check_row
-
     configured = configured_constraints(selection)
     out = []
     for row in rows:

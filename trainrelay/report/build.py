@@ -25,10 +25,10 @@ import polars as pl
 from trainrelay import __version__
 from trainrelay.atomic import write_json, write_text
 from trainrelay.config import text_events_configured
-from trainrelay.cost import report_section
+from trainrelay.core.fingerprint import config_fingerprint
 from trainrelay.errors import ConfigError
-from trainrelay.fingerprint import config_fingerprint
 from trainrelay.report import analysis, charts
+from trainrelay.report.cost import report_section
 from trainrelay.report.deploy import deploy_instructions
 from trainrelay.report.inputs import RunInputs, load_run_inputs
 from trainrelay.report.pdf import write_pdf

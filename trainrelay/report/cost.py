@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trainrelay.errors import ConfigError, DataError
 
 # Rules with a `benchmark:` file -> (GPU rule: `resources: gpu=GPUS`, threads). tests/test_cost.py
@@ -140,8 +142,6 @@ def price_from_config(config: Mapping[str, Any] | None, source: str = "config co
 
 def profile_cost(root: str | Path, profile: str) -> dict[str, Any]:
     """The ``config: cost:`` entries of profiles/<profile>/config.yaml ({} when it sets none)."""
-    import yaml
-
     path = Path(root) / "profiles" / profile / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"profile '{profile}': {path} does not exist; name one of profiles/")
@@ -454,7 +454,7 @@ def session_budget_minutes(
     config: dict[str, Any], results: str | Path, *, main_process: bool = False
 ) -> float | None:
     """``checkpoint.time_budget_minutes``, or less when ``cost.budget`` allows less: the value the
-    Snakefile hands to :func:`trainrelay.checkpointing.start_session` (and training jobs read).
+    Snakefile hands to :func:`trainrelay.core.checkpointing.start_session` (and training jobs read).
 
     ``spent`` is what the run's finished jobs cost (their benchmark files): a rerun that resumes
     gets only what is left. In the main process a line says how the budget was turned into time.

@@ -24,8 +24,8 @@ import polars as pl
 from trainrelay.atomic import write_json
 from trainrelay.errors import ConfigError, DataError, TrainrelayError
 from trainrelay.report.inputs import SPECS, read_artifact
+from trainrelay.report.validate import stage_status, validate_run
 from trainrelay.report.values import jsonable, records
-from trainrelay.validate import stage_status, validate_run
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The run artifacts the report reads, and loading them with one-line errors.
 
 Each input is an :class:`ArtifactSpec`: where it lives under ``results/<run>/``, which rule
-writes it, and the columns or keys it must have. :mod:`trainrelay.validate` checks the same
+writes it, and the columns or keys it must have. :mod:`trainrelay.report.validate` checks the same
 specs, so the report and the validator agree on what a complete run is.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from trainrelay.core.fingerprint import file_sha256
 from trainrelay.errors import DataError, first_line
-from trainrelay.fingerprint import file_sha256
 
 BENCHMARK_COLUMNS = (
     "model", "engine", "device", "precision", "batch", "status", "reason", "build_seconds",

@@ -93,6 +93,7 @@ def _fonttools_subsetting() -> Iterator[None]:
     handle; clearing it for the call is the one switch it has. Its warning that the fontTools
     path is deprecated is expected here and kept out of the run's log.
     """
+    # imported here: weasyprint (0.5 s, measured, and the pango system library) only when a PDF is written
     import weasyprint.pdf.fonts as weasy_fonts
 
     saved = weasy_fonts.harfbuzz_subset
@@ -123,6 +124,7 @@ def layout_document(html: str, base_url: str | Path) -> Any:
     page's ``anchors`` and ``_page_box`` tree) are what the tests measure: page counts, where a
     view starts, whether a table fits the page.
     """
+    # imported here: weasyprint (0.5 s, measured, and the pango system library) only when a PDF is written
     import weasyprint
     from weasyprint.text.fonts import FontConfiguration
 

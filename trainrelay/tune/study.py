@@ -36,6 +36,7 @@ from optuna.samplers.nsgaii import (
     UniformCrossover,
     VSBXCrossover,
 )
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from trainrelay.errors import ConfigError
@@ -72,8 +73,6 @@ def open_storage(study_dir: str | Path, kind: str) -> optuna.storages.BaseStorag
     path = storage_path(study_dir, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
         backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         return optuna.storages.JournalStorage(backend)
     for attempt in range(5):

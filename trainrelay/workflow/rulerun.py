@@ -1,12 +1,12 @@
 """Glue between a Snakemake ``script:`` and the library.
 
 Each ``scripts/<rule>.py`` calls :func:`run_rule` with the ``snakemake`` object and a function
-that does the work. Logging goes to the rule's ``log:`` file and to stderr; a
-:class:`~trainrelay.errors.TrainrelayError` ends the job with one clear line and exit code 1
-(no traceback: the user caused it and the line says what to do). So does an OSError of the
-user's machine (disk full, quota, read-only folder, permissions), also when pyarrow, polars or
-torch wrapped it: that is the environment, not a bug. Any other exception is a bug and keeps its
-traceback in the log.
+that does the work (:func:`rule_input_paths` maps a policy rule's named inputs). Logging goes to
+the rule's ``log:`` file and to stderr; a :class:`~trainrelay.errors.TrainrelayError` ends the job
+with one clear line and exit code 1 (no traceback: the user caused it and the line says what to
+do). So does an OSError of the user's machine (disk full, quota, read-only folder, permissions),
+also when pyarrow, polars or torch wrapped it: that is the environment, not a bug. Any other
+exception is a bug and keeps its traceback in the log.
 """
 
 from __future__ import annotations
@@ -114,6 +114,18 @@ def user_error_line(
     if isinstance(exc, TrainrelayError):
         return str(exc)
     return describe_environment_error(exc, outputs, free_at_start)
+
+
+def rule_input_paths(named: Any) -> dict[str, str | None]:
+    """The upstream files of a policy rule (train_policy_fold, evaluate_policy, export_onnx), from
+    its Snakemake ``input`` (``text`` is optional)."""
+    return {
+        "features": named.features,
+        "scaler": named.scaler,
+        "segments": named.segments,
+        "forecasts": named.forecasts,
+        "text": named.get("text"),
+    }
 
 
 def run_rule(smk: Any, work: Callable[[Any], None]) -> None:
