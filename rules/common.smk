@@ -76,6 +76,17 @@ CONDA_ENV = "../envs/trainrelay.yaml"
 STAGE_CONFIG = stage_config_keys(config)
 
 
+def non_empty(path):
+    """``ensure(path, non_empty=True)``: a model file of 0 bytes fails its job. Not with a default
+    storage provider (the colab and runpod-s3 profiles): Snakemake 9 asks the storage for the
+    file's size before it has uploaded the file, so every such job would fail; there the atomic
+    writes (trainrelay.atomic) are the guard against a half-written file."""
+    settings = getattr(workflow, "storage_settings", None)
+    if settings is not None and settings.default_storage_provider:
+        return path
+    return ensure(path, non_empty=True)
+
+
 def config_params(stage):
     """The `config` param of a stage's rules: the digest of the sections in STAGE_CONFIG."""
     return config_digest(config, STAGE_CONFIG[stage])

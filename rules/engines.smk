@@ -16,8 +16,8 @@ rule export_onnx:
         forecasts=rules.precompute.output.forecasts,
         text=rules.embeddings.output.embeddings,
     output:
-        forecaster=ensure(f"{RESULTS}/models/forecaster.onnx", non_empty=True),
-        policy=ensure(f"{RESULTS}/models/policy.onnx", non_empty=True),
+        forecaster=non_empty(f"{RESULTS}/models/forecaster.onnx"),
+        policy=non_empty(f"{RESULTS}/models/policy.onnx"),
         parity=f"{RESULTS}/models/onnx_parity.json",
         forecaster_inputs=f"{RESULTS}/models/forecaster_inputs.npy",
         policy_inputs=f"{RESULTS}/models/policy_inputs.npy",

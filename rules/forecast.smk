@@ -10,7 +10,7 @@ rule train_forecaster:
         environment=rules.environment.output.environment,
         # with tune.enabled, the genetic search's best hyperparameters override forecaster.*
     output:
-        checkpoint=ensure(f"{RESULTS}/checkpoints/forecaster.pt", non_empty=True),
+        checkpoint=non_empty(f"{RESULTS}/checkpoints/forecaster.pt"),
         loss=report(
             f"{RESULTS}/artifacts/loss/forecaster.csv",
             category="Forecaster",

@@ -12,9 +12,7 @@ rule train_policy_fold:
     input:
         **policy_inputs(),
     output:
-        policy=ensure(
-            f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip", non_empty=True
-        ),
+        policy=non_empty(f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip"),
         loss=f"{RESULTS}/artifacts/loss/folds/{{fold}}/ppo.csv",
     log:
         f"{LOGS}/train_policy_fold_{{fold}}.log",
@@ -45,7 +43,7 @@ rule train_policy:
         policy=f"{RESULTS}/checkpoints/folds/{LAST_FOLD}/ppo_policy.zip",
         loss=f"{RESULTS}/artifacts/loss/folds/{LAST_FOLD}/ppo.csv",
     output:
-        policy=ensure(f"{RESULTS}/checkpoints/ppo_policy.zip", non_empty=True),
+        policy=non_empty(f"{RESULTS}/checkpoints/ppo_policy.zip"),
         loss=report(
             f"{RESULTS}/artifacts/loss/ppo.csv",
             category="Policy",
@@ -68,9 +66,8 @@ rule train_policy_ablation:
     input:
         **policy_inputs(),
     output:
-        policy=ensure(
-            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
-            non_empty=True,
+        policy=non_empty(
+            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip"
         ),
         loss=f"{RESULTS}/artifacts/loss/ablation/{{variant}}/folds/{{fold}}/ppo.csv",
     log:

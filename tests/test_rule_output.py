@@ -15,7 +15,9 @@ from trainrelay.workflow.rulerun import run_rule
 
 def _chatter(smk: SimpleNamespace) -> None:
     logging.getLogger("trainrelay.report.pdf").info("report written")
-    logging.getLogger("fontTools.subset").info("Glyph names: 120 subset")
+    # a warning: report/pdf.py holds fontTools at WARNING for the whole process
+    logging.getLogger("fontTools.subset").warning("Glyph names: 120 subset")
+    logging.getLogger("matplotlib.font_manager").info("findfont: DejaVu Sans")
     logging.getLogger("weasyprint").warning("Ignored `widows: 2`")
     warnings.warn("torch.onnx: dynamic_axes is deprecated", UserWarning, stacklevel=1)
     logging.getLogger("fontTools.ttLib").error("a broken font")
@@ -43,7 +45,7 @@ def test_library_chatter_reaches_the_console_only_when_verbose(
     assert "trainrelay: train_policy_fold (fold=3) started" in err
     assert "trainrelay: train_policy_fold (fold=3) finished in " in err and " s\n" in err
     assert "report written" in err and "a broken font" in err  # ours, and a library's error
-    chatter = ("Glyph names", "Ignored `widows", "dynamic_axes is deprecated")
+    chatter = ("Glyph names", "findfont", "Ignored `widows", "dynamic_axes is deprecated")
     assert all((c in err) is verbose for c in chatter), err
     log = (tmp_path / "rule.log").read_text()
     assert all(c in log for c in chatter)  # the log file keeps every record
