@@ -18,7 +18,7 @@ from trainrelay.config import (
     stage_config_keys,
 )
 from trainrelay.config_file import check_config_files
-from trainrelay.data.acquire import raw_root, raw_targets
+from trainrelay.data.acquire import local_source_files, raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
 
@@ -117,6 +117,17 @@ def raw_files():
         return [f"{RAW}/{path}" for path in raw_targets(config)]
     except TrainrelayError as exc:
         sys.exit(f"trainrelay: error: {exc}")
+
+
+def local_source_inputs():
+    """acquire's inputs: the local files it reads (trainrelay.data.acquire.local_source_files), so
+    an updated freqtrade download or CSV reruns acquire and what follows. A missing file is left to
+    acquire itself, which names it in one line, rather than to Snakemake's MissingInputException.
+    """
+    try:
+        return [path for path in local_source_files(config) if Path(path).exists()]
+    except TrainrelayError:
+        return []
 
 
 def raw_root_of(paths):

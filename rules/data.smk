@@ -2,6 +2,8 @@
 
 
 rule acquire:
+    input:
+        local_source_inputs(),
     output:
         raw_files(),
     log:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -469,3 +471,35 @@ def test_real_spot_is_another_instrument(
         )
     )
     assert halt.height == 24 and (halt["volume"] == 0).all()
+
+
+def test_a_newer_download_reruns_acquire_and_reaches_the_manifest(tmp_path: Path) -> None:
+    """The freqtrade files are acquire's inputs: after `freqtrade download-data` appends bars, the
+    same command reruns acquire and the manifest holds the new rows."""
+    from tests.conftest import copy_workflow, run_snakemake, write_config
+
+    workdir = copy_workflow(tmp_path / "wf")
+    datadir = futures_folder(tmp_path / "ft")
+    overrides = {
+        "source": "freqtrade",
+        "freqtrade": {"datadir": str(datadir), "pairs": ["BTC/USDT:USDT", "ETH/USDT:USDT"]},
+        "intervals": {"fine": "15m", "bar": "15m"},
+        "manifest": {"min_rows": 10, "max_gaps": 0},
+        "policy": {"observation": {"text": False}, "ablations": []},
+    }
+    config = write_config(workdir, overrides)
+    target = "results/tiny/manifest/base_manifest.parquet"
+    run_snakemake(workdir, target, "--configfile", str(config))
+    assert "Nothing to be done" in run_snakemake(workdir, target, "-n", "--configfile", str(config)).stdout
+
+    time.sleep(0.05)  # a newer mtime than acquire's outputs, on any filesystem clock
+    write(datadir / "futures" / "BTC_USDT_USDT-15m-futures.feather", candles(BARS + 96))
+    dry = run_snakemake(workdir, target, "-n", "--configfile", str(config)).stdout
+    assert re.search(
+        r"rule acquire:.*?reason: Updated input files: [^\n]*BTC_USDT_USDT-15m-futures", dry, re.S
+    ), dry
+    run_snakemake(workdir, target, "--configfile", str(config))
+    manifest = pl.read_parquet(workdir / target)
+    rows = dict(zip(manifest["path"].to_list(), manifest["rows"].to_list(), strict=True))
+    btc = next(v for k, v in rows.items() if "BTCUSDT-15m" in k)
+    assert btc == BARS + 96

@@ -48,6 +48,24 @@ def raw_targets(config: dict) -> list[str]:
     return sorted([*paths, EVENTS_RELPATH])
 
 
+def local_source_files(config: dict) -> list[str]:
+    """The files on this machine that acquire reads for a local source (a freqtrade folder's
+    candle and funding files, ``files.path``, ``events.path``): the acquire rule's inputs, so a
+    newer download reruns acquire and everything after it. Downloads (``binance`` without
+    ``archive_dir``) and the synthetic market have none. Raises DataError/ConfigError as acquire
+    would, naming what is missing."""
+    source = _source(config)
+    paths: list[str] = []
+    if source == "freqtrade":
+        paths = [str(item.path) for item in freqtrade.source_files(config)]
+    elif source == "files" and config["files"].get("path"):
+        paths = [str(config["files"]["path"])]
+    events = (config.get("events") or {}).get("path")
+    if events and source != "synthetic":
+        paths.append(str(events))
+    return sorted(paths)
+
+
 def _user_events(config: dict, raw_root: Path) -> None:
     """``events.path`` normalised to events/events.csv, or the header-only file when it is null."""
     path = (config.get("events") or {}).get("path")
