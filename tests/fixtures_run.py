@@ -255,8 +255,9 @@ def _forecaster(results: Path, rng: np.random.Generator) -> None:
                 "har_rv": {
                     "channel": "realized_vol",
                     "bars_per_day": 96.0,
-                    "windows_bars": [32],
-                    "notes": ["7-day window (672 bars) cut to the lookback (32 bars)"],
+                    "windows_bars": [96, 672, 2880],
+                    "history": "each average ends at the window's last input bar, over its own series",
+                    "short_history_share": {"train": 0.25, "val": 0.0, "test": 0.0},
                 },
                 "zero": {"channel": "log_return"},
             },

@@ -39,7 +39,8 @@ def test_report_shows_every_model_and_baseline_per_channel(complete: Path) -> No
     assert report["simple"]["forecast"]["model"] == "patchtst"  # the kept model, not the first
     html = (reports / "report.html").read_text()
     assert '<table id="forecast-channels">' in html and "patchtst <strong>(kept)</strong>" in html
-    assert "lowest validation MSE of 2 models" in html and "HAR-RV averages over 32 bars" in html
+    assert "lowest validation MSE of 2 models" in html and "HAR-RV averages over 96, 672, 2880 bars" in html
+    assert "less history than the longest average: test 0.0 %, train 25.0 %, val 0.0 %" in html
     csv = (reports / "metrics.csv").read_text()
     assert "forecast_channel,zero/log_return,val_direction_accuracy," in csv
 
