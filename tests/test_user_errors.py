@@ -354,3 +354,15 @@ def test_a_bad_cell_in_a_kline_archive_names_column_and_line(tmp_path: Path, hea
         f"{path}: cannot parse CSV (column 'volume', data row 7 (line {line}) of the CSV inside: "
         "'oops' is not a valid Float64); delete it and re-run acquire"
     )
+
+
+def test_check_config_of_a_preset_alone_says_how_to_check_it(capsys) -> None:
+    """A preset is an overlay: given as the base it lacks most keys; the line says what to type."""
+    from trainrelay.cli import main as cli_main
+
+    preset = "config/presets/binance-futures-btc-eth.yaml"
+    assert cli_main(["check-config", preset]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"check-config --configfile {preset}" in err[0]
+    assert cli_main(["check-config", "--configfile", preset]) == 0
+    assert "config ok: run 'binance-futures-btc-eth', source 'freqtrade'" in capsys.readouterr().out

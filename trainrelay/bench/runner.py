@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from trainrelay.bench.engines import (
 )
 from trainrelay.bench.select import OBJECTIVES, select_engines
 from trainrelay.bench.timing import latency_summary, time_trials, warm_up
+from trainrelay.core.progress import progress_bar
 from trainrelay.core.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.errors import ConfigError
 from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx_file
@@ -155,7 +157,9 @@ def _measure_engine(
     engine_settings: EngineSettings,
     references: dict[int, np.ndarray],
     raw_parts: list[pl.DataFrame],
+    advance: Callable[[int], object] = lambda n: None,
 ) -> list[dict[str, Any]]:
+    """One row per batch size; ``advance(n)`` is called as ``n`` of them are done (a progress bar)."""
     spec = ENGINE_SPECS[engine_name]
     batches = engine_settings.batches
     tolerance = float(settings["tolerance"][spec.precision])
@@ -175,6 +179,7 @@ def _measure_engine(
     except EngineUnavailable as exc:
         engine.close()
         log.info("%s / %s unavailable: %s", model.name, engine_name, exc)
+        advance(len(batches))
         return [_empty_row(model.name, engine_name, b, "unavailable", str(exc)) for b in batches]
     build_seconds = time.perf_counter() - start
     rows = []
@@ -204,6 +209,7 @@ def _measure_engine(
             except Exception as exc:  # the engine ran once but breaks here: a measured failure
                 row.update(status="failed", reason=first_line(exc))
                 rows.append(row)
+                advance(1)
                 log.warning("%s / %s / batch %d failed: %s", model.name, engine_name, batch, row["reason"])
                 continue
             summary = latency_summary(trials, batch)
@@ -228,6 +234,7 @@ def _measure_engine(
                 peak_rss_mb=usage.peak_rss_mb,
             )
             rows.append(row)
+            advance(1)
             iterations = len(trials[0])
             raw_parts.append(
                 pl.DataFrame(
@@ -280,6 +287,7 @@ def run_benchmark(
     threads: int,
     trt_cache_dir: str | Path,
     onnx_fix: str = "export the model to ONNX again",
+    progress: bool = True,
 ) -> BenchResult:
     """Measure every engine on every model at every configured batch size.
 
@@ -295,10 +303,18 @@ def run_benchmark(
     engine_settings = EngineSettings(threads=threads, batches=batches, trt_cache_dir=Path(trt_cache_dir))
     rows: list[dict[str, Any]] = []
     raw_parts: list[pl.DataFrame] = []
-    for model in models:
-        references = reference_outputs(model, batches)
-        for engine_name in settings["engines"]:
-            rows.extend(_measure_engine(model, engine_name, settings, engine_settings, references, raw_parts))
+    # One step per model x engine x batch configuration.
+    total = len(models) * len(settings["engines"]) * len(batches)
+    with progress_bar(total, "benchmark", "config", enabled=progress) as bar:
+        for model in models:
+            references = reference_outputs(model, batches)
+            for engine_name in settings["engines"]:
+                bar.set_postfix_str(f"{model.name} / {engine_name}", refresh=False)
+                rows.extend(
+                    _measure_engine(
+                        model, engine_name, settings, engine_settings, references, raw_parts, bar.update
+                    )
+                )
     raw = pl.concat(raw_parts) if raw_parts else pl.DataFrame(schema=RAW_SCHEMA)
     return BenchResult(rows=rows, raw=raw)
 

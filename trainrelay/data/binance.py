@@ -29,6 +29,7 @@ from trainrelay.atomic import write_bytes, write_text
 from trainrelay.data import archive
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.core.fingerprint import file_sha256
+from trainrelay.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,11 @@ def download(config: dict, raw_root: str | Path, backoff_seconds: float = 1.0) -
         section["base_url"], int(section["retries"]), float(section["timeout_seconds"]), backoff_seconds
     )
     files = remote_files(config)
-    fetched = sum(downloader.fetch(remote, raw_root) for remote in files)
+    fetched = 0
+    with progress_bar(len(files), "acquire", "archive") as bar:
+        for remote in files:
+            fetched += downloader.fetch(remote, raw_root)
+            bar.update()
     log.info("binance: %d file(s) downloaded, %d already present", fetched, len(files) - fetched)
 
 
@@ -262,19 +267,27 @@ def copy_local(config: dict, raw_root: str | Path) -> None:
             "data/<market>/monthly/... tree (relative paths start at the workdir), or to null to download"
         )
     files = remote_files(config)
-    verified = [(remote, *_verified_local(folder, remote)) for remote in files]
+    verified = []
+    with progress_bar(len(files), "acquire: verify", "archive") as bar:
+        for remote in files:
+            verified.append((remote, *_verified_local(folder, remote)))
+            bar.update()
     copied = 0
-    for remote, source, checksum_text, expected in verified:
-        target = Path(raw_root) / remote.relpath
-        present = target.is_file() and archive.checksum_path(target).is_file()
-        if present and file_sha256(target) == expected:
-            continue
-        data = source.read_bytes()
-        if hashlib.sha256(data).hexdigest() != expected:  # it changed since it was verified
-            raise DataError(f"{source}: changed while being copied (checksum mismatch); run acquire again")
-        write_bytes(target, data)
-        write_text(archive.checksum_path(target), checksum_text)
-        copied += 1
+    with progress_bar(len(verified), "acquire: copy", "archive") as bar:
+        for remote, source, checksum_text, expected in verified:
+            bar.update()
+            target = Path(raw_root) / remote.relpath
+            present = target.is_file() and archive.checksum_path(target).is_file()
+            if present and file_sha256(target) == expected:
+                continue
+            data = source.read_bytes()
+            if hashlib.sha256(data).hexdigest() != expected:  # it changed since it was verified
+                raise DataError(
+                    f"{source}: changed while being copied (checksum mismatch); run acquire again"
+                )
+            write_bytes(target, data)
+            write_text(archive.checksum_path(target), checksum_text)
+            copied += 1
     log.info("binance: %d archive(s) copied from %s, %d already present", copied, folder, len(files) - copied)
 
 

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from tqdm import tqdm
 
 from trainrelay import atomic
 from trainrelay.data.events import EVENT_COLUMNS, read_events
 from trainrelay.core.devices import resolve_device
+from trainrelay.core.progress import progress_bar
 from trainrelay.errors import ConfigError, DataError
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -188,8 +188,11 @@ def encode_texts(
     device: torch.device,
     batch_size: int,
     max_length: int,
+    *,
+    progress: bool = True,
 ) -> np.ndarray:
-    """Embed ``texts`` in order; returns float32 ``(len(texts), dim)``."""
+    """Embed ``texts`` in order; returns float32 ``(len(texts), dim)``. ``progress``: a bar per
+    batch on stderr."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=source.local)
         model = AutoModel.from_pretrained(source.location, local_files_only=source.local, dtype=torch.float32)
@@ -202,8 +205,12 @@ def encode_texts(
         max_length = limit
     out: list[np.ndarray] = []
     starts = range(0, len(texts), batch_size)
-    with _deterministic(device.type == "cpu"), torch.inference_mode():
-        for start in tqdm(starts, desc="embeddings", unit="batch", mininterval=5.0):
+    with (
+        _deterministic(device.type == "cpu"),
+        torch.inference_mode(),
+        progress_bar(len(starts), "embeddings", "batch", enabled=progress) as bar,
+    ):
+        for start in starts:
             batch = tokenizer(
                 texts[start : start + batch_size],
                 padding=True,
@@ -213,6 +220,7 @@ def encode_texts(
             ).to(device)
             hidden = model(**batch).last_hidden_state
             out.append(_pool(hidden.float(), batch["attention_mask"], head).cpu().numpy())
+            bar.update()
     return np.concatenate(out, axis=0).astype(np.float32, copy=False)
 
 

@@ -45,6 +45,7 @@ from trainrelay import atomic
 from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.core.fingerprint import file_sha256
+from trainrelay.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -469,34 +470,36 @@ def acquire_freqtrade(config: dict[str, Any], raw_root: str | Path) -> None:
     records = []
     try:
         # One file in memory at a time; a bad one later removes what was written before it.
-        for source in sources:
-            frame = read_candles(source.path)
-            target = raw_root / source.target
-            atomic.write_parquet(target, _raw_frame(source, frame))
-            written.append(target)
-            stamps = frame.get_column("date")
-            records.append(
-                {
-                    "file": source.name,
-                    "pair": source.pair.name,
-                    "kind": source.kind,
-                    "timeframe": source.timeframe,
-                    "bytes": source.path.stat().st_size,
-                    "sha256": file_sha256(source.path),
-                    "rows": frame.height,
-                    "first": _fmt(stamps[0]),
-                    "last": _fmt(stamps[-1]),
-                    "written": source.target,
-                }
-            )
-            log.info(
-                "freqtrade: %s -> %s (%d rows, %s .. %s)",
-                source.name,
-                source.target,
-                frame.height,
-                _fmt(stamps[0]),
-                _fmt(stamps[-1]),
-            )
+        with progress_bar(len(sources), "acquire", "file") as bar:
+            for source in sources:
+                frame = read_candles(source.path)
+                target = raw_root / source.target
+                atomic.write_parquet(target, _raw_frame(source, frame))
+                written.append(target)
+                stamps = frame.get_column("date")
+                records.append(
+                    {
+                        "file": source.name,
+                        "pair": source.pair.name,
+                        "kind": source.kind,
+                        "timeframe": source.timeframe,
+                        "bytes": source.path.stat().st_size,
+                        "sha256": file_sha256(source.path),
+                        "rows": frame.height,
+                        "first": _fmt(stamps[0]),
+                        "last": _fmt(stamps[-1]),
+                        "written": source.target,
+                    }
+                )
+                log.info(
+                    "freqtrade: %s -> %s (%d rows, %s .. %s)",
+                    source.name,
+                    source.target,
+                    frame.height,
+                    _fmt(stamps[0]),
+                    _fmt(stamps[-1]),
+                )
+                bar.update()
         provenance = {
             "source": "freqtrade",
             "exchange": section["exchange"],

@@ -26,6 +26,7 @@ from trainrelay.data.events import read_events
 from trainrelay.data.files_source import datetime_as_utc_ms
 from trainrelay.errors import ConfigError, DataError
 from trainrelay.core.fingerprint import file_sha256
+from trainrelay.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +366,15 @@ def _check_presence(rows: pl.DataFrame, raw_root: str | Path, config: dict[str, 
 
 
 def build_manifest(
-    raw_root: str | Path, raw_files: list[str], config: dict[str, Any], output: str | Path
+    raw_root: str | Path,
+    raw_files: list[str],
+    config: dict[str, Any],
+    output: str | Path,
+    *,
+    progress: bool = True,
 ) -> pl.DataFrame:
-    """Check every raw file and write ``base_manifest.parquet`` (one row per file, sorted by path)."""
+    """Check every raw file and write ``base_manifest.parquet`` (one row per file, sorted by path);
+    ``progress``: a bar per file on stderr."""
     max_gaps = config["manifest"]["max_gaps"]
     # Checksums are checked with their zips; SOURCE.json is the freqtrade source's provenance note.
     skipped = (".CHECKSUM", f"/{freqtrade.PROVENANCE_NAME}")
@@ -376,14 +383,16 @@ def build_manifest(
     files.sort(key=lambda f: (f.kind, f.symbol or "", f.interval or "", f.month or "", f.rel))
     records: list[dict[str, Any]] = []
     last_seen: dict[tuple[str, str | None, str | None], Any] = {}
-    for raw in files:
-        key = (raw.kind, raw.symbol, raw.interval)
-        record = inspect_file(raw, last_seen.get(key), max_gaps)
-        if record["last_ts"] is not None:
-            last_seen[key] = record["last_ts"]
-        records.append(record)
-        gaps = "" if record["gaps"] is None else f", {record['gaps']} missing or outage bar(s)"
-        log.info("%s: %d rows%s", raw.rel, record["rows"], gaps)
+    with progress_bar(len(files), "manifest", "file", enabled=progress) as bar:
+        for raw in files:
+            key = (raw.kind, raw.symbol, raw.interval)
+            record = inspect_file(raw, last_seen.get(key), max_gaps)
+            if record["last_ts"] is not None:
+                last_seen[key] = record["last_ts"]
+            records.append(record)
+            gaps = "" if record["gaps"] is None else f", {record['gaps']} missing or outage bar(s)"
+            log.info("%s: %d rows%s", raw.rel, record["rows"], gaps)
+            bar.update()
     frame = pl.DataFrame(records, schema=MANIFEST_SCHEMA).sort("path")
     _check_presence(frame, raw_root, config)
     atomic.write_parquet(output, frame)

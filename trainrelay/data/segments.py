@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from trainrelay import atomic
+from trainrelay.core.progress import progress_bar
 from trainrelay.data import archive
 from trainrelay.data.features import (
     NEEDS,
@@ -110,6 +111,15 @@ def market_frames(
                 "%s: %s left out: the source has no taker volume or trade count", symbol, ", ".join(absent)
             )
         yield symbol, frame, names
+
+
+def _symbol_count(manifest: pl.DataFrame, config: dict[str, Any]) -> int:
+    """How many symbols :func:`market_frames` or :func:`series_frames` yields (for the progress bar)."""
+    if config["source"] == "files":
+        return manifest.filter(pl.col("kind") == "series").height
+    fine = config["intervals"]["fine"]
+    kept = manifest.filter((pl.col("kind") == "klines") & (pl.col("interval") == fine))
+    return kept.get_column("symbol").n_unique()
 
 
 def series_frames(manifest: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame, list[str]]]:
@@ -213,35 +223,39 @@ def build_segments(
         parts: list[tuple[str, Path]] = []
         names: list[str] | None = None
         timeline: pl.Series | None = None
-        for symbol, frame, symbol_names in frames:
-            if names is not None and symbol_names != names:
-                raise DataError(
-                    f"symbol {symbol}: feature columns differ from the other symbols'; re-run acquire"
-                )
-            names = symbol_names
-            part = Path(scratch) / f"{len(parts):05d}.parquet"
-            frame.write_parquet(part)
-            parts.append((symbol, part))
-            timeline = _common_timeline(timeline, frame.get_column("timestamp"))
-            log.info("%s: %d bars after warm-up", symbol, frame.height)
+        with progress_bar(_symbol_count(manifest, config), "segments: features", "symbol") as bar:
+            for symbol, frame, symbol_names in frames:
+                if names is not None and symbol_names != names:
+                    raise DataError(
+                        f"symbol {symbol}: feature columns differ from the other symbols'; re-run acquire"
+                    )
+                names = symbol_names
+                part = Path(scratch) / f"{len(parts):05d}.parquet"
+                frame.write_parquet(part)
+                parts.append((symbol, part))
+                timeline = _common_timeline(timeline, frame.get_column("timestamp"))
+                log.info("%s: %d bars after warm-up", symbol, frame.height)
+                bar.update()
         assert timeline is not None and names is not None  # the frame generators raise when empty
         folds = make_folds(len(timeline), settings, timeline)
         _check_folds(folds, timeline)
         moments = {fold.fold: RunningMoments(names) for fold in folds}
         with atomic.atomic_path(features_out) as tmp:
             writer: pq.ParquetWriter | None = None
-            for symbol, part in parts:
-                frame = pl.read_parquet(part).filter(pl.col("timestamp").is_in(timeline.implode()))
-                # Unique sorted timestamps per symbol: after the filter, row i is timeline[i].
-                assert frame.height == len(timeline)
-                frame = returns_without_gaps(frame, bar_ms)
-                log.info("%s: %d bars on the common timeline", symbol, frame.height)
-                for fold in folds:
-                    moments[fold.fold].add(frame.slice(0, fold.train.stop).select(names))
-                table = frame.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                writer.write_table(table)
+            with progress_bar(len(parts), "segments: write", "symbol") as bar:
+                for symbol, part in parts:
+                    frame = pl.read_parquet(part).filter(pl.col("timestamp").is_in(timeline.implode()))
+                    # Unique sorted timestamps per symbol: after the filter, row i is timeline[i].
+                    assert frame.height == len(timeline)
+                    frame = returns_without_gaps(frame, bar_ms)
+                    log.info("%s: %d bars on the common timeline", symbol, frame.height)
+                    for fold in folds:
+                        moments[fold.fold].add(frame.slice(0, fold.train.stop).select(names))
+                    table = frame.to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    bar.update()
             assert writer is not None
             writer.close()
     scaler = {

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from trainrelay.core.progress import progress_bar
 from trainrelay.data import archive
 from trainrelay.data.events import EVENTS_RELPATH, MARKET_WIDE, empty_events, write_events
 from trainrelay.errors import ConfigError
@@ -567,24 +568,26 @@ def generate(config: dict, raw_root: str | Path) -> None:
     raw_root = Path(raw_root)
     market = SyntheticMarket(spec)
     factor = archive.INTERVAL_MS[spec.bar] // archive.INTERVAL_MS[spec.fine]
-    for _ in spec.months:
-        month, fine_bars, funding = market.next_month()
-        by_interval = {spec.fine: fine_bars}
-        if spec.bar != spec.fine:
-            by_interval[spec.bar] = fine_bars.aggregate(factor)
-        for i, profile in enumerate(market.profiles):
-            for interval, bars in by_interval.items():
-                csv = archive.klines_to_csv(bars.frame(i, profile), header=False)
-                archive.write_archive(
-                    raw_root / archive.kline_relpath(spec.market, profile.symbol, interval, month), csv
-                )
-            if funding is not None:
-                rows = funding.filter(pl.col("symbol") == profile.symbol).drop("symbol")
-                archive.write_archive(
-                    raw_root / archive.funding_relpath(spec.market, profile.symbol, month),
-                    archive.funding_to_csv(rows),
-                )
-        log.info("synthetic: %s written for %d symbol(s)", month, len(market.profiles))
+    with progress_bar(len(spec.months), "acquire: synthetic", "month") as bar:
+        for _ in spec.months:
+            month, fine_bars, funding = market.next_month()
+            by_interval = {spec.fine: fine_bars}
+            if spec.bar != spec.fine:
+                by_interval[spec.bar] = fine_bars.aggregate(factor)
+            for i, profile in enumerate(market.profiles):
+                for interval, bars in by_interval.items():
+                    csv = archive.klines_to_csv(bars.frame(i, profile), header=False)
+                    archive.write_archive(
+                        raw_root / archive.kline_relpath(spec.market, profile.symbol, interval, month), csv
+                    )
+                if funding is not None:
+                    rows = funding.filter(pl.col("symbol") == profile.symbol).drop("symbol")
+                    archive.write_archive(
+                        raw_root / archive.funding_relpath(spec.market, profile.symbol, month),
+                        archive.funding_to_csv(rows),
+                    )
+            log.info("synthetic: %s written for %d symbol(s)", month, len(market.profiles))
+            bar.update()
     events = market.events() if spec.text_events else None
     write_events(raw_root / EVENTS_RELPATH, events if events is not None else empty_events())
     log.info("synthetic: %d text events", 0 if events is None else events.height)

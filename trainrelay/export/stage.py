@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from trainrelay import atomic
+from trainrelay.core.progress import progress_bar
 from trainrelay.export.onnx_export import export_with_parity
 from trainrelay.export.samples import forecaster_windows, policy_observations, write_samples
 from trainrelay.forecast.checkpoint import load_forecaster
@@ -48,15 +49,17 @@ def export_stage(
     p_samples = policy_observations(policy, p_meta, inputs, count)
 
     tolerance = float(settings["tolerance"])
-    report = {
-        name: export_with_parity(
-            module, samples, target, tolerance=tolerance, opset=opset, batch_sizes=batches
-        )
-        for name, module, samples, target in (
-            ("forecaster", forecaster, f_samples, forecaster_onnx),
-            ("policy", policy, p_samples, policy_onnx),
-        )
-    }
+    models = (
+        ("forecaster", forecaster, f_samples, forecaster_onnx),
+        ("policy", policy, p_samples, policy_onnx),
+    )
+    report: dict[str, Any] = {}
+    with progress_bar(len(models), "export", "model") as bar:
+        for name, module, samples, target in models:
+            report[name] = export_with_parity(
+                module, samples, target, tolerance=tolerance, opset=opset, batch_sizes=batches
+            )
+            bar.update()
     write_samples(forecaster_inputs, f_samples)
     write_samples(policy_inputs, p_samples)
     atomic.write_json(parity_json, report)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from trainrelay.core.checkpointing import StateStore, TimeBudget
+from trainrelay.core.progress import new_bar
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.forecast.windows import WindowSet
 
@@ -306,13 +306,11 @@ def _train_epoch(fit: _Fit, state: _Progress) -> None:
         state.order = torch.randperm(len(fit.train), generator=generator)
         state.batch, state.loss_sum, state.seen, state.epoch_seconds = 0, 0.0, 0, 0.0
     started = time.perf_counter()
-    bar = tqdm(
-        total=fit.n_batches,
+    bar = new_bar(
+        fit.n_batches,
+        f"{fit.label} epoch {state.epoch + 1}/{s.epochs}",
+        enabled=fit.progress,
         initial=state.batch,
-        desc=f"{fit.label} epoch {state.epoch + 1}/{s.epochs}",
-        disable=not fit.progress,
-        leave=False,
-        mininterval=1.0,
     )
     while state.batch < fit.n_batches:
         index = state.order[state.batch * s.batch_size : (state.batch + 1) * s.batch_size]
