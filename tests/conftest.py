@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,16 @@ def acquire_error(config: dict, raw: Path, error: type[Exception] | None = None)
     written = [p for p in raw.rglob("*") if p.is_file()] if raw.exists() else []
     assert written == [], f"files left behind: {written}"
     return message
+
+
+# A job header in snakemake's output; members of a group job (a dry run forms the `engines` group of
+# export_onnx + benchmark) are printed indented under "group job engines".
+JOB_HEADER = re.compile(r"^\s*(?:local)?rule (\w+):$", re.M)
+
+
+def jobs_in(output: str) -> list[str]:
+    """Rule names of the jobs snakemake announces in ``output``, in order, group members included."""
+    return JOB_HEADER.findall(output)
 
 
 def write_config(workdir: Path, overrides: dict | None = None, name: str = "test.yaml") -> Path:

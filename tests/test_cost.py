@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_workflow, run_snakemake, write_config
 from trainrelay.cli import main as cli_main
 from trainrelay.errors import ConfigError
 from trainrelay.report.cost import (
+    NOT_BEFORE_REPORT,
     RULES,
     budget_minutes,
     price_from_config,
@@ -70,6 +71,22 @@ def test_rule_table_matches_the_rule_files() -> None:
             gpu = re.search(r"^\s+resources:\n(?:\s+\w+=.*\n)*?\s+gpu=", block, re.M) is not None
             found[name] = (gpu, int(threads.group(1)) if threads else 1)
     assert found == RULES
+
+
+def test_the_report_counts_exactly_the_rules_that_feed_it(tmp_path: Path) -> None:
+    """NOT_BEFORE_REPORT is every rule with a benchmark file that is not upstream of the report in
+    the workflow's rule graph (tuning on, so its rules are in the graph)."""
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir, {"tune": {"enabled": True}})
+    dot = run_snakemake(workdir, "all", "release", "--rulegraph", "--configfile", "test.yaml").stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = [(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)]
+    upstream, frontier = set(), {"report"}
+    while frontier:
+        frontier = {a for a, b in edges if b in frontier} - upstream
+        upstream |= frontier
+    assert {"train_forecaster", "benchmark", "evaluate_ablation", "tune_worker"} <= upstream
+    assert set(RULES) - upstream == set(NOT_BEFORE_REPORT)
 
 
 def test_file_names_map_to_rules_with_their_wildcards() -> None:

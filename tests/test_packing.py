@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_workflow, run_snakemake, write_config
+from tests.conftest import copy_workflow, jobs_in, run_snakemake, write_config
 from trainrelay.cli import main as cli_main
 from trainrelay.errors import DataError
 from trainrelay.platforms.packing import (
@@ -206,9 +206,5 @@ def test_unpacked_raw_data_counts_as_acquired(tmp_path: Path) -> None:
     for item in packed.files:
         assert (pod / raw / item.relpath).read_bytes() == (here / raw / item.relpath).read_bytes()
     proc = run_snakemake(pod, "-n", "--configfile", "test.yaml", timeout=300)
-    jobs = {
-        line.split()[1].rstrip(":")
-        for line in proc.stdout.splitlines()
-        if line.startswith(("rule ", "localrule "))
-    }
+    jobs = set(jobs_in(proc.stdout))
     assert "manifest" in jobs and "acquire" not in jobs, jobs

@@ -104,3 +104,35 @@ def test_disabled_helper_writes_nothing(capsys) -> None:
     with progress_bar(5, "benchmark", "config", enabled=False) as bar:
         bar.update(5)
     assert capsys.readouterr().err == ""
+
+
+def test_a_training_epoch_that_fails_leaves_no_bar_open(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An open bar outlives its step in tqdm's registry and pushes every later bar of the process
+    down a line; a failing (or budget-stopped) epoch must close its bar like a finished one."""
+    import torch
+    from tqdm import tqdm
+
+    from trainrelay.forecast import training
+    from trainrelay.forecast.windows import WindowSet
+
+    data = torch.randn(64, 2)
+    windows = WindowSet(data, torch.arange(0, 40, dtype=torch.int64), lookback=8, horizon=4)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Unflatten(1, (4, 2)))
+    calls = []
+
+    def failing_step(fit, state, index):
+        calls.append(index)
+        if len(calls) == 2:
+            raise RuntimeError("step failed")
+        return original(fit, state, index)
+
+    original = training._train_step
+    monkeypatch.setattr(training, "_train_step", failing_step)
+    open_before = len(tqdm._instances)
+    settings = training.TrainSettings(epochs=1, batch_size=8, lr=1e-3, schedule="constant")
+    # Kept, as a caller that reports the error keeps it: its traceback holds the epoch's frames.
+    with pytest.raises(RuntimeError, match="step failed") as caught:
+        training.fit_module(module, windows, windows, settings, device=torch.device("cpu"), seed=0)
+    assert len(calls) == 2 and caught.traceback
+    assert len(tqdm._instances) == open_before
+    assert capsys.readouterr().err.endswith("\r")  # cleared, not left half drawn

@@ -23,6 +23,30 @@ def _chatter(smk: SimpleNamespace) -> None:
     logging.getLogger("fontTools.ttLib").error("a broken font")
 
 
+CHATTY_LOGGERS = ("trainrelay.report.pdf", "fontTools.subset", "matplotlib.font_manager", "weasyprint",
+                  "fontTools.ttLib", "py.warnings")  # fmt: skip
+
+
+@pytest.fixture
+def fresh_process_logging():
+    """A rule runs in a fresh process; the test process has imported and configured libraries in
+    earlier tests (a logging.config call disables existing loggers, a library sets its logger's
+    level, a warning already shown once is not shown again). Give the loggers and warnings a fresh
+    process's state for the test, and put the old state back after it."""
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    saved = [(lg, lg.level, lg.disabled, lg.propagate, list(lg.handlers)) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.NOTSET)
+        lg.disabled, lg.propagate, lg.handlers = False, True, []
+    logging.getLogger("fontTools").disabled = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        yield
+    for lg, level, disabled, propagate, handlers in saved:
+        lg.setLevel(level)
+        lg.disabled, lg.propagate, lg.handlers = disabled, propagate, handlers
+
+
 def _smk(tmp_path: Path) -> SimpleNamespace:
     return SimpleNamespace(
         rule="train_policy_fold",
@@ -34,7 +58,11 @@ def _smk(tmp_path: Path) -> SimpleNamespace:
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_library_chatter_reaches_the_console_only_when_verbose(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verbose: bool
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    verbose: bool,
+    fresh_process_logging: None,
 ) -> None:
     monkeypatch.setenv("TRAINRELAY_VERBOSE", "1" if verbose else "0")
     try:

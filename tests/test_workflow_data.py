@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_workflow, run_snakemake, write_config
+from tests.conftest import copy_workflow, jobs_in, run_snakemake, write_config
 
 DATA_TARGETS = [
     "results/tiny/manifest/base_manifest.parquet",
@@ -21,11 +21,7 @@ DATA_TARGETS = [
 
 def jobs_in_dry_run(output: str) -> list[str]:
     """Rule names in the order snakemake's dry-run lists its jobs."""
-    return [
-        line.split()[1].rstrip(":")
-        for line in output.splitlines()
-        if line.startswith(("rule ", "localrule "))
-    ]
+    return jobs_in(output)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import copy_workflow, run_snakemake, write_config
+from tests.conftest import copy_workflow, jobs_in, run_snakemake, write_config
 from tests.test_workflow_full import FAST
 
 pytestmark = pytest.mark.slow
@@ -39,11 +39,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def planned(workdir: Path, *args: str) -> set[str]:
     """The rules a dry run would run (``rule x:`` and ``localrule x:`` lines)."""
     proc = run_snakemake(workdir, "-n", *args)
-    return {
-        line.split()[1].rstrip(":")
-        for line in proc.stdout.splitlines()
-        if line.startswith(("rule ", "localrule "))
-    }
+    return set(jobs_in(proc.stdout))
 
 
 def error_lines(proc) -> list[str]:

@@ -25,7 +25,7 @@ MININTERVAL_S = 1.0
 LEAVE = False
 
 
-def new_bar(
+def _new_bar(
     total: int | None,
     desc: str,
     unit: str = "it",
@@ -50,13 +50,16 @@ def new_bar(
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True) -> Iterator[tqdm]:
+def progress_bar(
+    total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0
+) -> Iterator[tqdm]:
     """``with progress_bar(len(files), "manifest", "file") as bar: ... bar.update()``.
 
     The bar is closed (and cleared) however the block ends, so an error's last line is not glued
-    to a half-drawn bar; console log records written meanwhile go above the bar.
+    to a half-drawn bar and no bar outlives its step (an open one would push every later bar of
+    the process down a line); console log records written meanwhile go above the bar.
     """
-    bar = new_bar(total, desc, unit, enabled=enabled)
+    bar = _new_bar(total, desc, unit, enabled=enabled, initial=initial)
     try:
         with _console_above(bar):
             yield bar

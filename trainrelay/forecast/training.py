@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from trainrelay.core.checkpointing import StateStore, TimeBudget
-from trainrelay.core.progress import new_bar
+from trainrelay.core.progress import progress_bar
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.forecast.windows import WindowSet
 
@@ -306,29 +306,28 @@ def _train_epoch(fit: _Fit, state: _Progress) -> None:
         state.order = torch.randperm(len(fit.train), generator=generator)
         state.batch, state.loss_sum, state.seen, state.epoch_seconds = 0, 0.0, 0, 0.0
     started = time.perf_counter()
-    bar = new_bar(
+    with progress_bar(
         fit.n_batches,
         f"{fit.label} epoch {state.epoch + 1}/{s.epochs}",
         enabled=fit.progress,
         initial=state.batch,
-    )
-    while state.batch < fit.n_batches:
-        index = state.order[state.batch * s.batch_size : (state.batch + 1) * s.batch_size]
-        loss = _train_step(fit, state, index)
-        state.loss_sum += float(loss.detach()) * len(index)
-        state.seen += len(index)
-        state.batch += 1
-        bar.update(1)
-        if _save_due_between_batches(fit, state):
-            now = time.perf_counter()
-            state.epoch_seconds += now - started
-            state.train_seconds += now - started
-            started = now
-            _stop_if_out_of_time(
-                fit, state, f"epoch {state.epoch} (+ {state.batch} batches of epoch {state.epoch + 1})"
-            )
-            _checkpoint(fit, state)
-    bar.close()
+    ) as bar:
+        while state.batch < fit.n_batches:
+            index = state.order[state.batch * s.batch_size : (state.batch + 1) * s.batch_size]
+            loss = _train_step(fit, state, index)
+            state.loss_sum += float(loss.detach()) * len(index)
+            state.seen += len(index)
+            state.batch += 1
+            bar.update(1)
+            if _save_due_between_batches(fit, state):
+                now = time.perf_counter()
+                state.epoch_seconds += now - started
+                state.train_seconds += now - started
+                started = now
+                _stop_if_out_of_time(
+                    fit, state, f"epoch {state.epoch} (+ {state.batch} batches of epoch {state.epoch + 1})"
+                )
+                _checkpoint(fit, state)
     elapsed = time.perf_counter() - started
     state.epoch_seconds += elapsed
     state.train_seconds += elapsed

@@ -177,7 +177,7 @@ def build_context(inputs: RunInputs, config: dict[str, Any], git_commit: str) ->
             },
         },
         "sources": inputs.sources,
-        # what the run cost so far, from the benchmark files of the jobs that finished before the report
+        # what the run cost so far, from the benchmark files of the jobs that feed the report
         "cost": report_section(inputs.results_dir, config),
     }
     return jsonable(context)

@@ -62,6 +62,11 @@ RULES: dict[str, tuple[bool, int]] = {
     "dashboard": (False, 1),
 }
 
+# The rules that do not feed the report (its own job and the ones that read it). Their benchmark
+# files exist or not depending on when the report is rebuilt, so the report's cost section leaves
+# them out and a rebuild gives the same bytes. tests/test_cost.py checks this against the DAG.
+NOT_BEFORE_REPORT = ("report", "validate", "dashboard", "package")
+
 NOT_COUNTED = (
     "idle pod or runtime time (before and after snakemake, between sessions, a pod left running)",
     "Snakemake's own start-up and the gaps between jobs",
@@ -377,10 +382,10 @@ def render(cost: RunCost, busy_s: float | None = None) -> str:
 
 
 def report_section(results: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The report's cost section (JSON-safe): per rule and in all, from the benchmark files present
-    when the report is built, so without its own job (and those that run after it)."""
+    """The report's cost section (JSON-safe): per rule and in all, from the benchmark files of the
+    rules that feed the report (not its own job, nor the jobs that run after it or beside it)."""
     price = price_from_config(config)
-    cost = run_cost(results, price, config, exclude=("report",))
+    cost = run_cost(results, price, config, exclude=NOT_BEFORE_REPORT)
     return {
         "price": price.describe(),
         "unit": price.unit,
