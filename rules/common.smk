@@ -21,6 +21,7 @@ from trainrelay.config_file import check_config_files
 from trainrelay.data.acquire import local_source_files, raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
+from trainrelay.core.artifacts import reports_relpath, results_relpath
 
 # Snakemake names neither file nor line for a YAML syntax error; these lines do (file:line:column).
 # A bad --configfile stops Snakemake before this file runs: `python -m trainrelay check-config FILE`.
@@ -70,6 +71,18 @@ STATE_DIR = (
     else f"{RESULTS}/state"
 )
 CONDA_ENV = "../envs/trainrelay.yaml"
+
+
+def results_file(rule, output, **wildcards):
+    """A stage's file under results/<run>/, from the one table of artifact paths
+    (trainrelay/core/artifacts.py); wildcards not given stay Snakemake wildcards."""
+    return f"{RESULTS}/{results_relpath(rule, output, **wildcards)}"
+
+
+def reports_file(rule, output):
+    """A report file under reports/<run>/, from the same table."""
+    return f"reports/{RUN}/{reports_relpath(rule, output)}"
+
 
 # The config sections each stage reads (trainrelay/config.py: stage_config_keys, also used by
 # `python -m trainrelay diff`): a rule's `params: config=` carries their digest.
@@ -160,7 +173,7 @@ def report_inputs():
         "selection": rules.benchmark.output.selection,
         "embeddings_meta": rules.embeddings.output.meta,
         **(
-            {"tuning": f"{RESULTS}/metrics/tuning.json"}
+            {"tuning": results_file("tune", "tuning")}
             if config["tune"]["enabled"]
             else {}
         ),
@@ -170,7 +183,7 @@ def report_inputs():
 def tuned_params_input():
     """train_forecaster reads the search's best hyperparameters only when tuning is on."""
     if config["tune"]["enabled"]:
-        return {"best_params": f"{RESULTS}/tune/best_params.json"}
+        return {"best_params": results_file("tune", "best_params")}
     return {}
 
 

@@ -25,7 +25,7 @@ rule manifest:
     input:
         raw=raw_files(),
     output:
-        manifest=f"{RESULTS}/manifest/base_manifest.parquet",
+        manifest=results_file("manifest", "manifest"),
     log:
         f"{LOGS}/manifest.log",
     benchmark:
@@ -47,9 +47,9 @@ rule segments:
         manifest=rules.manifest.output.manifest,
         raw=raw_files(),
     output:
-        features=f"{RESULTS}/segments/features.parquet",
-        scaler=f"{RESULTS}/segments/scaler.json",
-        metadata=f"{RESULTS}/segments/segments_metadata.parquet",
+        features=results_file("segments", "features"),
+        scaler=results_file("segments", "scaler"),
+        metadata=results_file("segments", "metadata"),
     log:
         f"{LOGS}/segments.log",
     benchmark:
@@ -67,11 +67,11 @@ rule segments:
 rule embeddings:
     input:
         events=f"{RAW}/events/events.csv",
-        environment=f"{RESULTS}/environment.json",
+        environment=results_file("environment", "environment"),
         manifest=rules.manifest.output.manifest,
     output:
-        embeddings=f"{RESULTS}/embeddings/text_embeddings.parquet",
-        meta=f"{RESULTS}/embeddings/embeddings_meta.json",
+        embeddings=results_file("embeddings", "embeddings"),
+        meta=results_file("embeddings", "meta"),
     log:
         f"{LOGS}/embeddings.log",
     benchmark:

@@ -16,11 +16,11 @@ rule export_onnx:
         forecasts=rules.precompute.output.forecasts,
         text=rules.embeddings.output.embeddings,
     output:
-        forecaster=non_empty(f"{RESULTS}/models/forecaster.onnx"),
-        policy=non_empty(f"{RESULTS}/models/policy.onnx"),
-        parity=f"{RESULTS}/models/onnx_parity.json",
-        forecaster_inputs=f"{RESULTS}/models/forecaster_inputs.npy",
-        policy_inputs=f"{RESULTS}/models/policy_inputs.npy",
+        forecaster=non_empty(results_file("export_onnx", "forecaster")),
+        policy=non_empty(results_file("export_onnx", "policy")),
+        parity=results_file("export_onnx", "parity"),
+        forecaster_inputs=results_file("export_onnx", "forecaster_inputs"),
+        policy_inputs=results_file("export_onnx", "policy_inputs"),
     log:
         f"{LOGS}/export_onnx.log",
     benchmark:
@@ -46,14 +46,14 @@ rule benchmark:
         forecaster_inputs=rules.export_onnx.output.forecaster_inputs,
         policy_inputs=rules.export_onnx.output.policy_inputs,
     output:
-        metrics=f"{RESULTS}/benchmark/metrics.parquet",
+        metrics=results_file("benchmark", "metrics"),
         csv=report(
-            f"{RESULTS}/benchmark/metrics.csv",
+            results_file("benchmark", "csv"),
             category="Engines",
             caption="../docs/snakemake-report/benchmark.rst",
         ),
-        raw=f"{RESULTS}/benchmark/raw_samples.parquet",
-        selection=f"{RESULTS}/benchmark/selection.json",
+        raw=results_file("benchmark", "raw"),
+        selection=results_file("benchmark", "selection"),
     log:
         f"{LOGS}/benchmark.log",
     benchmark:

@@ -10,13 +10,13 @@ rule train_forecaster:
         environment=rules.environment.output.environment,
         # with tune.enabled, the genetic search's best hyperparameters override forecaster.*
     output:
-        checkpoint=non_empty(f"{RESULTS}/checkpoints/forecaster.pt"),
+        checkpoint=non_empty(results_file("train_forecaster", "checkpoint")),
         loss=report(
-            f"{RESULTS}/artifacts/loss/forecaster.csv",
+            results_file("train_forecaster", "loss"),
             category="Forecaster",
             caption="../docs/snakemake-report/forecaster_loss.rst",
         ),
-        metrics=f"{RESULTS}/metrics/forecaster.json",
+        metrics=results_file("train_forecaster", "metrics"),
     log:
         f"{LOGS}/train_forecaster.log",
     benchmark:
@@ -42,7 +42,7 @@ rule precompute:
         features=rules.segments.output.features,
         scaler=rules.segments.output.scaler,
     output:
-        forecasts=f"{RESULTS}/features/forecast_features.parquet",
+        forecasts=results_file("precompute", "forecasts"),
     log:
         f"{LOGS}/precompute.log",
     benchmark:

@@ -10,7 +10,7 @@ rule package:
         parity=rules.export_onnx.output.parity,
         selection=rules.benchmark.output.selection,
     output:
-        bundle=f"{RESULTS}/package/{bundle_filename(config)}",
+        bundle=results_file("package", "bundle", bundle=bundle_filename(config)),
     log:
         f"{LOGS}/package.log",
     benchmark:
@@ -34,7 +34,9 @@ rule release:
     input:
         bundle=rules.package.output.bundle,
     output:
-        bundle=protected(f"{RESULTS}/release/{bundle_filename(config)}"),
+        bundle=protected(
+            results_file("release", "bundle", bundle=bundle_filename(config))
+        ),
     log:
         f"{LOGS}/release.log",
     # a copy: on Slurm it runs in the snakemake process on the login node

@@ -12,8 +12,8 @@ rule train_policy_fold:
     input:
         **policy_inputs(),
     output:
-        policy=non_empty(f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip"),
-        loss=f"{RESULTS}/artifacts/loss/folds/{{fold}}/ppo.csv",
+        policy=non_empty(results_file("train_policy_fold", "policy")),
+        loss=results_file("train_policy_fold", "loss"),
     log:
         f"{LOGS}/train_policy_fold_{{fold}}.log",
     benchmark:
@@ -40,12 +40,12 @@ rule train_policy_fold:
 # fold is trained once and every fold's policy keeps the same place under checkpoints/folds/.
 rule train_policy:
     input:
-        policy=f"{RESULTS}/checkpoints/folds/{LAST_FOLD}/ppo_policy.zip",
-        loss=f"{RESULTS}/artifacts/loss/folds/{LAST_FOLD}/ppo.csv",
+        policy=results_file("train_policy_fold", "policy", fold=LAST_FOLD),
+        loss=results_file("train_policy_fold", "loss", fold=LAST_FOLD),
     output:
-        policy=non_empty(f"{RESULTS}/checkpoints/ppo_policy.zip"),
+        policy=non_empty(results_file("train_policy", "policy")),
         loss=report(
-            f"{RESULTS}/artifacts/loss/ppo.csv",
+            results_file("train_policy", "loss"),
             category="Policy",
             caption="../docs/snakemake-report/policy_loss.rst",
         ),
@@ -66,10 +66,8 @@ rule train_policy_ablation:
     input:
         **policy_inputs(),
     output:
-        policy=non_empty(
-            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip"
-        ),
-        loss=f"{RESULTS}/artifacts/loss/ablation/{{variant}}/folds/{{fold}}/ppo.csv",
+        policy=non_empty(results_file("train_policy_ablation", "policy")),
+        loss=results_file("train_policy_ablation", "loss"),
     log:
         f"{LOGS}/train_policy_ablation_{{variant}}_{{fold}}.log",
     benchmark:
@@ -96,12 +94,12 @@ rule evaluate_ablation:
     input:
         **policy_inputs(),
         policies=expand(
-            f"{RESULTS}/checkpoints/ablation/{{variant}}/folds/{{fold}}/ppo_policy.zip",
+            results_file("train_policy_ablation", "policy"),
             fold=ABLATION_FOLDS,
             allow_missing=True,
         ),
     output:
-        metrics=f"{RESULTS}/metrics/ablation/{{variant}}.json",
+        metrics=results_file("evaluate_ablation", "metrics"),
     log:
         f"{LOGS}/evaluate_ablation_{{variant}}.log",
     benchmark:
@@ -121,20 +119,18 @@ rule evaluate_ablation:
 rule evaluate_policy:
     input:
         **policy_inputs(),
-        policies=expand(
-            f"{RESULTS}/checkpoints/folds/{{fold}}/ppo_policy.zip", fold=POLICY_FOLDS
-        ),
+        policies=expand(results_file("train_policy_fold", "policy"), fold=POLICY_FOLDS),
         ablations=expand(
-            f"{RESULTS}/metrics/ablation/{{variant}}.json",
+            results_file("evaluate_ablation", "metrics"),
             variant=config["policy"]["ablations"],
         ),
     output:
         metrics=report(
-            f"{RESULTS}/metrics/policy.json",
+            results_file("evaluate_policy", "metrics"),
             category="Policy",
             caption="../docs/snakemake-report/policy_metrics.rst",
         ),
-        equity_curve=f"{RESULTS}/metrics/equity_curve.parquet",
+        equity_curve=results_file("evaluate_policy", "equity_curve"),
     log:
         f"{LOGS}/evaluate_policy.log",
     benchmark:

@@ -3,7 +3,7 @@
 
 rule environment:
     output:
-        environment=f"{RESULTS}/environment.json",
+        environment=results_file("environment", "environment"),
     log:
         f"{LOGS}/environment.log",
     benchmark:

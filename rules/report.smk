@@ -10,14 +10,14 @@ rule report:
         **report_inputs(),
     output:
         html=report(
-            f"reports/{RUN}/report.html",
+            reports_file("report", "html"),
             category="Report",
             caption="../docs/snakemake-report/report.rst",
         ),
-        pdf=f"reports/{RUN}/report.pdf",
-        json=f"reports/{RUN}/report.json",
+        pdf=reports_file("report", "pdf"),
+        json=reports_file("report", "json"),
         csv=report(
-            f"reports/{RUN}/metrics.csv",
+            reports_file("report", "csv"),
             category="Report",
             caption="../docs/snakemake-report/metrics.rst",
         ),
@@ -55,7 +55,7 @@ rule validate:
         forecaster_checkpoint=rules.train_forecaster.output.checkpoint,
         policy_checkpoint=rules.train_policy.output.policy,
     output:
-        validation=f"{RESULTS}/validation.json",
+        validation=results_file("validate", "validation"),
     log:
         f"{LOGS}/validate.log",
     benchmark:

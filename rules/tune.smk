@@ -5,8 +5,6 @@ killed worker loses at most its running trial; `tune.workers` jobs share it (one
 e.g. one Slurm job each).
 """
 
-TUNE_DIR = f"{RESULTS}/tune"
-
 
 rule tune_worker:
     input:
@@ -15,7 +13,7 @@ rule tune_worker:
         segments=rules.segments.output.metadata,
         environment=rules.environment.output.environment,
     output:
-        worker=f"{TUNE_DIR}/workers/{{worker}}.json",
+        worker=results_file("tune_worker", "worker"),
     log:
         f"{LOGS}/tune_worker_{{worker}}.log",
     benchmark:
@@ -39,12 +37,12 @@ rule tune_worker:
 rule tune:
     input:
         workers=expand(
-            f"{TUNE_DIR}/workers/{{worker}}.json",
+            results_file("tune_worker", "worker"),
             worker=range(config["tune"]["workers"]),
         ),
     output:
-        best_params=f"{TUNE_DIR}/best_params.json",
-        tuning=f"{RESULTS}/metrics/tuning.json",
+        best_params=results_file("tune", "best_params"),
+        tuning=results_file("tune", "tuning"),
     log:
         f"{LOGS}/tune.log",
     benchmark:

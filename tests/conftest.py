@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ TINY = {
     "run": "tiny",
     "synthetic": {"symbols": ["BTCUSDT"], "months": 1},
     "segments": {"folds": 2, "episode_bars": 128},
+}
+# On top of TINY: every stage, with the fewest epochs, timesteps and timing trials that still
+# exercise it. The finished run of this config is built once per session (``finished_run``).
+FAST = {
+    "until": "dashboard",
+    "forecaster": {"train": {"epochs": 2}, "dlinear_train": {"epochs": 1}},
+    "policy": {"ablations": ["no_text"], "ppo": {"total_timesteps": 4096, "n_envs": 2, "n_steps": 512}},
+    "benchmark": {"iterations": 10, "trials": 3, "warmup_iterations": 5, "warmup_ms": 20},
 }
 
 
@@ -87,6 +96,37 @@ def run_snakemake(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def finished_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The FAST tiny run, finished once per test session and never changed: tests take copies
+    (:func:`finished_copy`). Under pytest-xdist the workers share one build (a file lock in the
+    session's common temporary folder), as pytest-xdist's documentation does it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by every worker of this session
+    template = root / "finished-template" / "wf"
+    with FileLock(str(root / "finished-template.lock")):
+        if not (template.parent / "done").is_file():
+            shutil.rmtree(template.parent, ignore_errors=True)
+            copy_workflow(template)
+            config = write_config(template, FAST)
+            started = time.monotonic()
+            proc = run_snakemake(template, "--configfile", str(config))
+            (template / "run-output.txt").write_text(proc.stderr + proc.stdout)  # as a terminal shows it
+            (template / "run-seconds.txt").write_text(f"{time.monotonic() - started:.3f}\n")
+            (template.parent / "done").write_text("finished\n")
+    return template
+
+
+def finished_copy(template: Path, dest: Path) -> Path:
+    """A copy of the finished run at ``dest``, up to date for snakemake: file times are kept
+    (copy2), and so is .snakemake's record of code, params and inputs (keyed by relative path)."""
+    shutil.copytree(template, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
 
 
 @pytest.fixture

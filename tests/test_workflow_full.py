@@ -5,33 +5,22 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import copy_workflow, jobs_in, run_snakemake, write_config
+from tests.conftest import FAST, finished_copy, jobs_in, run_snakemake, write_config
 from trainrelay.deep_merge import deep_merge
 
 pytestmark = pytest.mark.slow
 
-FAST = {
-    "until": "dashboard",
-    "forecaster": {"train": {"epochs": 2}, "dlinear_train": {"epochs": 1}},
-    "policy": {"ablations": ["no_text"], "ppo": {"total_timesteps": 4096, "n_envs": 2, "n_steps": 512}},
-    "benchmark": {"iterations": 10, "trials": 3, "warmup_iterations": 5, "warmup_ms": 20},
-}
-
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    workdir = copy_workflow(tmp_path_factory.mktemp("full") / "wf")
-    config = write_config(workdir, FAST)
-    started = time.monotonic()
-    proc = run_snakemake(workdir, "--configfile", str(config))
-    (workdir / "run-output.txt").write_text(proc.stderr + proc.stdout)  # the order a terminal shows
-    return workdir, time.monotonic() - started
+def full_run(finished_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """This module's copy of the session's finished FAST run, and the seconds the run took."""
+    workdir = finished_copy(finished_template, tmp_path_factory.mktemp("full") / "wf")
+    return workdir, float((workdir / "run-seconds.txt").read_text())
 
 
 def test_what_the_run_prints(full_run: tuple[Path, float]) -> None:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SNAKEMAKE, copy_workflow, run_snakemake, write_config
-from tests.test_workflow_full import FAST
+from tests.conftest import FAST, SNAKEMAKE, copy_workflow, run_snakemake, write_config
 from trainrelay.workflow.run_lease import LEASE_DIR
 
 pytestmark = pytest.mark.slow

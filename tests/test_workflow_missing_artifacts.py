@@ -16,8 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import copy_workflow, jobs_in, run_snakemake, write_config
-from tests.test_workflow_full import FAST
+from tests.conftest import finished_copy, jobs_in, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +28,8 @@ DATA_RULES = {"acquire", "environment", "manifest", "segments", "embeddings"}
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("missing") / "wf")
-    write_config(workdir, FAST)
-    run_snakemake(workdir, *CONFIG)
-    return workdir
+def finished(finished_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return finished_copy(finished_template, tmp_path_factory.mktemp("missing") / "wf")
 
 
 def planned(workdir: Path, *args: str) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from trainrelay.core.artifacts import results_path, results_relpath
 from trainrelay.data.segments import build_segments
 from trainrelay.errors import DataError
 from trainrelay.policy.inputs import load_inputs
@@ -48,7 +49,7 @@ class RunFiles:
             path = results / relative
             return path if path.is_file() else None
 
-        manifest = results / "manifest" / "base_manifest.parquet"
+        manifest = results_path(results, "manifest", "manifest")
         if not manifest.is_file():
             raise DataError(f"{manifest}: not found; run the workflow up to segments first (--results?)")
         segments = results / "segments"
@@ -67,9 +68,9 @@ class RunFiles:
             features=segments / "features.parquet",
             scaler=segments / "scaler.json",
             metadata=segments / "segments_metadata.parquet",
-            embeddings=present("embeddings/text_embeddings.parquet"),
-            forecaster=present("checkpoints/forecaster.pt"),
-            forecasts=present("features/forecast_features.parquet"),
+            embeddings=present(results_relpath("embeddings", "embeddings")),
+            forecaster=present(results_relpath("train_forecaster", "checkpoint")),
+            forecasts=present(results_relpath("precompute", "forecasts")),
             policies=policies,
         )
 

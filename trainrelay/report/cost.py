@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from trainrelay.core.artifacts import results_path
 from trainrelay.errors import ConfigError, DataError
 
 # Rules with a `benchmark:` file -> (GPU rule: `resources: gpu=GPUS`, threads). tests/test_cost.py
@@ -217,7 +218,7 @@ def read_benchmark(path: Path) -> tuple[float, float | None]:
 def device_was_cpu(results: Path, config: Mapping[str, Any] | None = None) -> bool:
     """Whether the run's GPU rules ran without a GPU: environment.json's resolved device (what the
     preflight found), else the config's ``device: cpu``."""
-    env = results / "environment.json"
+    env = results_path(results, "environment", "environment")
     if env.is_file():
         try:
             device = (json.loads(env.read_text(encoding="utf-8")).get("device") or {}).get("resolved")
@@ -408,7 +409,7 @@ def estimate(previous: str | Path, price: Price, config: Mapping[str, Any] | Non
     previous = Path(previous)
     cost = run_cost(previous, price, config)
     measured_on = None
-    env = previous / "environment.json"
+    env = results_path(previous, "environment", "environment")
     if env.is_file():
         try:
             data = json.loads(env.read_text(encoding="utf-8"))

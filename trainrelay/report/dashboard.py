@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from trainrelay.atomic import write_json
+from trainrelay.core.artifacts import results_path, results_relpath
 from trainrelay.errors import ConfigError, DataError, TrainrelayError
 from trainrelay.report.inputs import SPECS, read_artifact
 from trainrelay.report.validate import stage_status, validate_run
@@ -61,13 +62,13 @@ def _curve(frame: pl.DataFrame | None, x: str) -> dict[str, list[Any]] | None:
 
 def _validation(results: Path, reports: Path | None) -> dict[str, Any]:
     """results/<run>/validation.json when the validate rule wrote it, else the checklist run now."""
-    path = results / "validation.json"
+    path = results_path(results, "validate", "validation")
     if path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, dict) and isinstance(data.get("checks"), list):
                 data.setdefault("stages", stage_status(data["checks"]))
-                return {**data, "source": "validation.json"}
+                return {**data, "source": results_relpath("validate", "validation")}
         except json.JSONDecodeError as exc:
             log.warning("dashboard: %s is not valid JSON (%s); validating now", path, exc)
     return {**validate_run(results, reports), "source": "checked by the dashboard"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from trainrelay.core.artifacts import results_relpath
 from trainrelay.core.fingerprint import file_sha256
 from trainrelay.errors import DataError, first_line
 
@@ -35,15 +36,21 @@ POLICY_INTERVALS = (
 
 @dataclass(frozen=True)
 class ArtifactSpec:
-    """One file of a run: ``relpath`` under results/<run>/, the ``rule`` that writes it, its shape."""
+    """One file of a run: the ``rule`` that writes it and the rule's ``output`` name (its path comes
+    from the artifact table, trainrelay/core/artifacts.py), and its shape."""
 
     name: str
-    relpath: str
     rule: str
+    output: str
     fmt: str  # parquet | csv | json
     columns: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
     required: bool = True
+
+    @property
+    def relpath(self) -> str:
+        """Where the file lives under results/<run>/."""
+        return results_relpath(self.rule, self.output)
 
 
 SPECS: dict[str, ArtifactSpec] = {
@@ -51,7 +58,7 @@ SPECS: dict[str, ArtifactSpec] = {
     for spec in (
         ArtifactSpec(
             "manifest",
-            "manifest/base_manifest.parquet",
+            "manifest",
             "manifest",
             "parquet",
             columns=(
@@ -70,62 +77,86 @@ SPECS: dict[str, ArtifactSpec] = {
         ),
         ArtifactSpec(
             "segments",
-            "segments/segments_metadata.parquet",
             "segments",
+            "metadata",
             "parquet",
             columns=("fold", "split", "episode", "start", "end", "rows"),
         ),
         ArtifactSpec(
-            "environment", "environment.json", "environment", "json", keys=("python", "cuda_available")
+            "environment",
+            "environment",
+            "environment",
+            "json",
+            keys=("python", "cuda_available"),
         ),
         ArtifactSpec(
             "forecaster_loss",
-            "artifacts/loss/forecaster.csv",
             "train_forecaster",
+            "loss",
             "csv",
             columns=("epoch", "train_loss", "val_loss"),
         ),
         ArtifactSpec(
-            "forecaster_metrics", "metrics/forecaster.json", "train_forecaster", "json", keys=("models",)
+            "forecaster_metrics",
+            "train_forecaster",
+            "metrics",
+            "json",
+            keys=("models",),
         ),
         ArtifactSpec(
             "ppo_loss",
-            "artifacts/loss/ppo.csv",
             "train_policy",
+            "loss",
             "csv",
             columns=("timesteps", "episode_reward"),
         ),
         ArtifactSpec(
-            "policy_metrics", "metrics/policy.json", "evaluate_policy", "json", keys=("strategies", "verdict")
+            "policy_metrics",
+            "evaluate_policy",
+            "metrics",
+            "json",
+            keys=("strategies", "verdict"),
         ),
         ArtifactSpec(
             "equity_curve",
-            "metrics/equity_curve.parquet",
             "evaluate_policy",
+            "equity_curve",
             "parquet",
             columns=("fold", "timestamp", "strategy", "equity"),
         ),
         ArtifactSpec(
-            "onnx_parity", "models/onnx_parity.json", "export_onnx", "json", keys=("forecaster", "policy")
+            "onnx_parity",
+            "export_onnx",
+            "parity",
+            "json",
+            keys=("forecaster", "policy"),
         ),
         ArtifactSpec(
-            "benchmark", "benchmark/metrics.parquet", "benchmark", "parquet", columns=BENCHMARK_COLUMNS
+            "benchmark",
+            "benchmark",
+            "metrics",
+            "parquet",
+            columns=BENCHMARK_COLUMNS,
         ),
         ArtifactSpec(
-            "selection", "benchmark/selection.json", "benchmark", "json", keys=("constraints", "models")
+            "selection",
+            "benchmark",
+            "selection",
+            "json",
+            keys=("constraints", "models"),
         ),
         ArtifactSpec(
             "embeddings_meta",
-            "embeddings/embeddings_meta.json",
             "embeddings",
+            "meta",
             "json",
             keys=("model", "dim", "rows"),
             required=False,
         ),
         ArtifactSpec(
             "tuning",
-            "metrics/tuning.json",
             "tune",
+            "tuning",
             "json",
             keys=("trials", "best", "sampler"),
             required=False,

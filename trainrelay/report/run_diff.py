@@ -39,6 +39,7 @@ from typing import Any
 import polars as pl
 
 from trainrelay.config import config_digest, stage_config_keys
+from trainrelay.core.artifacts import results_path, results_relpath
 from trainrelay.errors import DataError
 
 
@@ -99,24 +100,24 @@ RULE_STAGE = {
 # A file each stage leaves in results/<run>/ (the report's is report.json): a stage counts as run
 # when it is there. Acquire's raw data live outside the run folder; its manifest stands for it.
 STAGE_OUTPUTS = {
-    "environment": "environment.json",
-    "acquire": "manifest/base_manifest.parquet",
-    "manifest": "manifest/base_manifest.parquet",
-    "segments": "segments/segments_metadata.parquet",
-    "embeddings": "embeddings/embeddings_meta.json",
-    "tune": "metrics/tuning.json",
-    "forecaster": "metrics/forecaster.json",
-    "policy": "metrics/policy.json",
-    "engines": "benchmark/selection.json",
+    "environment": results_relpath("environment", "environment"),
+    "acquire": results_relpath("manifest", "manifest"),
+    "manifest": results_relpath("manifest", "manifest"),
+    "segments": results_relpath("segments", "metadata"),
+    "embeddings": results_relpath("embeddings", "meta"),
+    "tune": results_relpath("tune", "tuning"),
+    "forecaster": results_relpath("train_forecaster", "metrics"),
+    "policy": results_relpath("evaluate_policy", "metrics"),
+    "engines": results_relpath("benchmark", "selection"),
     "package": "package",
 }
 
-MANIFEST = "manifest/base_manifest.parquet"
+MANIFEST = results_relpath("manifest", "manifest")
 METRIC_FILES = (
-    "metrics/forecaster.json",
-    "metrics/policy.json",
-    "benchmark/selection.json",
-    "benchmark/metrics.parquet",
+    results_relpath("train_forecaster", "metrics"),
+    results_relpath("evaluate_policy", "metrics"),
+    results_relpath("benchmark", "selection"),
+    results_relpath("benchmark", "metrics"),
 )
 # Keys that name the run rather than configure it: always different between two runs.
 IDENTITY_KEYS = frozenset({"run"})
@@ -342,7 +343,7 @@ def _engine_label(chosen: Mapping[str, Any] | None) -> str | None:
 def _metrics(results: Path) -> dict[tuple[str, str], Any]:
     """(group, name) -> value for every metric the diff compares; absent files give no entries."""
     out: dict[tuple[str, str], Any] = {}
-    path = results / "metrics" / "forecaster.json"
+    path = results_path(results, "train_forecaster", "metrics")
     if path.is_file():
         forecaster = _dict(_read_json(path))
         kept = _dict(forecaster.get("selection")).get("kept") or forecaster.get("model")
@@ -355,7 +356,7 @@ def _metrics(results: Path) -> dict[tuple[str, str], Any]:
                 test = _dict(splits).get("test")
                 if isinstance(test, dict) and "mse" in test:
                     out[("forecaster", f"{model} {channel} test MSE")] = _number(test.get("mse"))
-    path = results / "metrics" / "policy.json"
+    path = results_path(results, "evaluate_policy", "metrics")
     if path.is_file():
         policy = _dict(_read_json(path))
         confidence = _number(_dict(policy.get("significance")).get("confidence")) or 0.95
@@ -364,12 +365,12 @@ def _metrics(results: Path) -> dict[tuple[str, str], Any]:
             out[("policy", f"{strategy} {label}")] = _sharpe(_dict(entry))
         for variant, entry in sorted(_dict(policy.get("ablations")).items()):
             out[("policy", f"ablation {variant} {label}")] = _sharpe(_dict(entry))
-    path = results / "benchmark" / "selection.json"
+    path = results_path(results, "benchmark", "selection")
     if path.is_file():
         selection = _dict(_read_json(path))
         for model, entry in sorted(_dict(selection.get("models")).items()):
             out[("engines", f"{model} chosen")] = _engine_label(_dict(entry).get("chosen"))
-    path = results / "benchmark" / "metrics.parquet"
+    path = results_path(results, "benchmark", "metrics")
     if path.is_file():
         columns = [
             "model",
@@ -522,10 +523,10 @@ def _metrics_diff(a: Run, b: Run, rtol: float) -> list[dict[str, Any]]:
             )
     present = {n for n in METRIC_FILES if a.metric_files.get(n) and b.metric_files.get(n)}
     groups = {
-        "forecaster": "metrics/forecaster.json",
-        "policy": "metrics/policy.json",
-        "engines": "benchmark/selection.json",
-        "latency": "benchmark/metrics.parquet",
+        "forecaster": results_relpath("train_forecaster", "metrics"),
+        "policy": results_relpath("evaluate_policy", "metrics"),
+        "engines": results_relpath("benchmark", "selection"),
+        "latency": results_relpath("benchmark", "metrics"),
     }
     keys = sorted(set(a.metrics) | set(b.metrics), key=lambda k: (list(groups).index(k[0]), k[1]))
     for key in keys:

@@ -23,6 +23,7 @@ import onnx
 import polars as pl
 
 from trainrelay.atomic import write_json
+from trainrelay.core.artifacts import reports_relpath, results_path, results_relpath
 from trainrelay.errors import DataError, TrainrelayError
 from trainrelay.report.inputs import FORECAST_METRICS, POLICY_METRICS, SPECS, read_artifact
 
@@ -127,14 +128,14 @@ def _segments(results: Path) -> str:
 
 
 def _features(results: Path) -> str:
-    path = results / "segments" / "features.parquet"
+    path = results_path(results, "segments", "features")
     if not path.is_file():
-        raise FileNotFoundError("segments/features.parquet")
+        raise FileNotFoundError(results_relpath("segments", "features"))
     try:
         schema = pl.read_parquet_schema(path)
-        scaler = json.loads((results / "segments" / "scaler.json").read_text(encoding="utf-8"))
+        scaler = json.loads((results_path(results, "segments", "scaler")).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError("segments/scaler.json") from None
+        raise FileNotFoundError(results_relpath("segments", "scaler")) from None
     except Exception as exc:
         raise _Failed(f"features.parquet or scaler.json unreadable ({exc})") from exc
     missing = [c for c in ("timestamp", "symbol") if c not in schema]
@@ -153,7 +154,7 @@ def _features(results: Path) -> str:
 
 
 def _embeddings(results: Path) -> str:
-    path = results / "embeddings" / "text_embeddings.parquet"
+    path = results_path(results, "embeddings", "embeddings")
     if not path.is_file():
         return "not run (optional)"
     try:
@@ -197,7 +198,10 @@ def _torch_archive(path: Path, rel: str) -> str:
 
 
 def _forecaster_checkpoint(results: Path) -> str:
-    return _torch_archive(results / "checkpoints" / "forecaster.pt", "checkpoints/forecaster.pt")
+    return _torch_archive(
+        results_path(results, "train_forecaster", "checkpoint"),
+        results_relpath("train_forecaster", "checkpoint"),
+    )
 
 
 def _forecaster_loss(results: Path) -> str:
@@ -256,7 +260,7 @@ def _forecaster_channels(data: dict[str, Any], models: dict[str, Any]) -> None:
 
 
 def _policy_checkpoint(results: Path) -> str:
-    rel = "checkpoints/ppo_policy.zip"
+    rel = results_relpath("train_policy", "policy")
     path = results / rel
     if not path.is_file():
         raise FileNotFoundError(rel)
@@ -319,7 +323,7 @@ def _equity(results: Path) -> str:
 
 def _onnx_model(model: str) -> Callable[[Path], str]:
     def check(results: Path) -> str:
-        rel = f"models/{model}.onnx"
+        rel = results_relpath("export_onnx", model)
         if not (results / rel).is_file():
             raise FileNotFoundError(rel)
 
@@ -347,7 +351,7 @@ def _parity(results: Path) -> str:
 
 def _benchmark(results: Path) -> str:
     frame = _load(results, "benchmark")
-    _rows(frame, "benchmark/metrics.parquet")
+    _rows(frame, results_relpath("benchmark", "metrics"))
     statuses = set(frame["status"].to_list())
     if statuses - BENCHMARK_STATUSES:
         raise _Failed(f"metrics.parquet: unknown status {sorted(statuses - BENCHMARK_STATUSES)}")
@@ -385,9 +389,9 @@ def _selection(results: Path) -> str:
     return "; ".join(parts)
 
 
-def _report_file(reports: Path, name: str, test: Callable[[Path], str]) -> Callable[[Path], str]:
+def _report_file(reports: Path, output: str, test: Callable[[Path], str]) -> Callable[[Path], str]:
     def check(_results: Path) -> str:
-        path = reports / name
+        path = reports / reports_relpath("report", output)
         if not path.is_file():
             raise FileNotFoundError(str(path))
         return test(path)
@@ -436,7 +440,7 @@ def _metrics_csv(path: Path) -> str:
 
 
 def _optional_precompute(results: Path) -> str:
-    rel = "features/forecast_features.parquet"
+    rel = results_relpath("precompute", "forecasts")
     path = results / rel
     if not path.is_file():
         raise FileNotFoundError(rel)
@@ -452,7 +456,7 @@ def _optional_precompute(results: Path) -> str:
 
 def _check_list(reports: Path) -> list[tuple[str, str, Callable[[Path], str]]]:
     return [
-        ("environment.json", "environment", _environment),
+        (results_relpath("environment", "environment"), "environment", _environment),
         ("base_manifest.parquet", "manifest", _manifest),
         ("segments_metadata.parquet", "segments", _segments),
         ("features.parquet + scaler.json", "segments", _features),
@@ -470,10 +474,10 @@ def _check_list(reports: Path) -> list[tuple[str, str, Callable[[Path], str]]]:
         ("onnx parity passed", "export_onnx", _parity),
         ("benchmark metrics", "benchmark", _benchmark),
         ("engine selection", "benchmark", _selection),
-        ("report.html", "report", _report_file(reports, "report.html", _html)),
-        ("report.pdf", "report", _report_file(reports, "report.pdf", _pdf)),
-        ("report.json", "report", _report_file(reports, "report.json", _report_json)),
-        ("metrics.csv", "report", _report_file(reports, "metrics.csv", _metrics_csv)),
+        (reports_relpath("report", "html"), "report", _report_file(reports, "html", _html)),
+        (reports_relpath("report", "pdf"), "report", _report_file(reports, "pdf", _pdf)),
+        (reports_relpath("report", "json"), "report", _report_file(reports, "json", _report_json)),
+        (reports_relpath("report", "csv"), "report", _report_file(reports, "csv", _metrics_csv)),
     ]
 
 

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainrelay.core.artifacts import results_path
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -36,11 +38,11 @@ def closing_lines(results_dir: str | Path, reports_dir: str | Path) -> list[str]
     html, pdf = reports / "report.html", reports / "report.pdf"
     if html.exists():
         lines.append(f"report: {html}" + (f" (PDF: {pdf})" if pdf.exists() else ""))
-    selection = _read_json(results / "benchmark" / "selection.json")
+    selection = _read_json(results_path(results, "benchmark", "selection"))
     if selection and isinstance(selection.get("models"), dict):
         engines = [_engine(model, entry) for model, entry in sorted(selection["models"].items())]
         lines.append("engines: " + "; ".join(engines))
-    policy = _read_json(results / "metrics" / "policy.json")
+    policy = _read_json(results_path(results, "evaluate_policy", "metrics"))
     if policy and policy.get("verdict"):
         lines.append(f"verdict: {policy['verdict']}")
     if not lines:

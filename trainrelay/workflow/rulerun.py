@@ -101,7 +101,10 @@ def setup_logging(
         force=True,
     )
     # warnings.warn (torch's export and deprecation warnings) become "py.warnings" records, so
-    # they reach the log file and obey the console filter instead of printing past it.
+    # they reach the log file and obey the console filter instead of printing past it. Off first:
+    # captureWarnings(True) does nothing when an earlier call in this process is still recorded,
+    # even if warnings.showwarning was put back since (warnings.catch_warnings does that).
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
 
 
