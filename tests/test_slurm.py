@@ -110,6 +110,9 @@ def _snakemake_via_slurm(workdir: Path, config: Path, *extra: str) -> str:
         "-j",
         "4",
         *NO_SACCT_FLAGS,
+        # the test cluster answers squeue at once: poll every second, not Snakemake's default 10 s
+        "--seconds-between-status-checks",
+        "1",
         "--configfile",
         str(config),
         *extra,
