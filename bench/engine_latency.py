@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from trainrelay import atomic
-    from trainrelay.bench.engines import ModelUnderTest
-    from trainrelay.bench.runner import run_benchmark
-    from trainrelay.bench.select import select_engines
+    from trainrelay.benchmark.engines import ModelUnderTest
+    from trainrelay.benchmark.select import select_engines
+    from trainrelay.benchmark.stage import run_benchmark
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,4 +1,4 @@
-from trainrelay.bench.runner import benchmark_stage
+from trainrelay.benchmark.stage import benchmark_stage
 from trainrelay.workflow.rulerun import run_rule
 
 

@@ -608,7 +608,7 @@ def _benchmark(results: Path) -> None:
     _write_csv(results / "benchmark" / "metrics.csv", frame)
 
     # selection.json is made by the benchmark stage's own selection code from these rows
-    from trainrelay.bench.select import select_engines
+    from trainrelay.benchmark.select import select_engines
 
     settings = {
         "constraints": {

@@ -13,7 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "trainrelay"
 
 # The stage packages, in DAG order (upstream first). Any of them may import an upstream one.
-STAGE_PACKAGES = ("data", "tune", "forecast", "policy", "export", "bench", "package", "report", "lookahead")
+STAGE_PACKAGES = (
+    "data",
+    "tune",
+    "forecast",
+    "policy",
+    "export",
+    "benchmark",
+    "package",
+    "report",
+    "lookahead",
+)
 # Shared services: they import no stage package and nothing of the Snakemake/platform/CLI layers.
 CORE = "core"
 OUTER = ("workflow", "platforms", "commands")

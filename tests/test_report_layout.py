@@ -29,7 +29,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "trainrelay" / "report" / "
 
 def _without_gpu(results: Path) -> None:
     """Add the rows a CPU-only machine writes for the torch CUDA engines: unavailable, one reason."""
-    from trainrelay.bench.select import select_engines
+    from trainrelay.benchmark.select import select_engines
 
     frame = pl.read_parquet(results / "benchmark" / "metrics.parquet")
     template = frame.filter(pl.col("engine") == "torch_cuda_graph_bf16").row(0, named=True)

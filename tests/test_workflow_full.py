@@ -82,7 +82,7 @@ def test_unavailable_engines_are_rows_with_reasons(full_run: tuple[Path, float])
             assert group["correct"].null_count() == group.height, engine
     import torch
 
-    from trainrelay.bench.engines import ENGINE_SPECS
+    from trainrelay.benchmark.engines import ENGINE_SPECS
 
     if not torch.cuda.is_available():
         gpu = {e for e, spec in ENGINE_SPECS.items() if spec.device == "cuda"}
@@ -188,7 +188,7 @@ def _report_data(html: str, name: str) -> dict:
 
 
 def _engines_this_machine_runs() -> dict[str, bool]:
-    """Which benchmark engines must run here, probed without trainrelay.bench: torch's own CUDA check,
+    """Which benchmark engines must run here, probed without trainrelay.benchmark: torch's own CUDA check,
     and for ONNX Runtime a session actually created with the provider (first in its provider list)
     that runs a one-node model; a provider merely listed by the build does not count.
     """

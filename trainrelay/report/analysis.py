@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from trainrelay.bench.constraints import check_row
+from trainrelay.benchmark.constraints import check_row
 from trainrelay.report.inputs import FORECAST_METRICS, POLICY_INTERVALS, POLICY_METRICS, RunInputs
 from trainrelay.report.values import finite, records
 
@@ -257,7 +257,7 @@ def engines_not_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def not_run_line(engine: str, reason: Any) -> str:
-    """The selection's reasoning line for an engine that was not measured (trainrelay.bench.select)."""
+    """The selection's reasoning line for an engine that was not measured (trainrelay.benchmark.select)."""
     return f"{engine} was not measured: {reason}."
 
 
@@ -312,7 +312,7 @@ def _check_note(check: dict[str, Any]) -> str:
 
 def evaluate_constraints(rows: list[dict[str, Any]], selection: dict[str, Any]) -> list[dict[str, Any]]:
     """Every benchmark row against the constraints the selection used, with the benchmark's own
-    checker (trainrelay.bench.constraints), so the report cannot disagree with the choice."""
+    checker (trainrelay.benchmark.constraints), so the report cannot disagree with the choice."""
     configured = configured_constraints(selection)
     out = []
     for row in rows:

@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from trainrelay.bench.ort_options import cuda_provider_options, tensorrt_provider_options
+from trainrelay.benchmark.ort_options import cuda_provider_options, tensorrt_provider_options
 from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 

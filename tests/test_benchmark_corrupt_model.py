@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainrelay.bench.engines import ModelUnderTest
-from trainrelay.bench.runner import run_benchmark
+from trainrelay.benchmark.engines import ModelUnderTest
+from trainrelay.benchmark.stage import run_benchmark
 from trainrelay.errors import DataError
 from trainrelay.export import export_module
 from trainrelay.export.onnx_export import check_onnx_file

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from trainrelay.bench.timing import latency_summary, time_trials, warm_up
+from trainrelay.benchmark.timing import latency_summary, time_trials, warm_up
 from trainrelay.core.sampler import ResourceSampler
 
 

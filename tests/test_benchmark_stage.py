@@ -1,4 +1,4 @@
-"""The runner's CUDA context set-up before VRAM baselines (runs without a GPU: CUDA is faked)."""
+"""The stage's CUDA context set-up before VRAM baselines (runs without a GPU: CUDA is faked)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainrelay.bench import runner
-from trainrelay.bench.engines import EngineSettings, EngineUnavailable, ModelUnderTest
-from trainrelay.bench.runner import init_cuda_context
+from trainrelay.benchmark import stage
+from trainrelay.benchmark.engines import EngineSettings, EngineUnavailable, ModelUnderTest
+from trainrelay.benchmark.stage import init_cuda_context
 
 SETTINGS = {"tolerance": {"fp32": 1e-3, "bf16": 3e-2, "fp16": 1e-2}}
 
@@ -18,8 +18,8 @@ SETTINGS = {"tolerance": {"fp32": 1e-3, "bf16": 3e-2, "fp16": 1e-2}}
 @pytest.fixture
 def fresh_guard(monkeypatch):
     """An empty 'context made' set, so one test's devices do not leak into another."""
-    monkeypatch.setattr(runner, "_CUDA_CONTEXT_READY", set())
-    return runner._CUDA_CONTEXT_READY
+    monkeypatch.setattr(stage, "_CUDA_CONTEXT_READY", set())
+    return stage._CUDA_CONTEXT_READY
 
 
 def test_init_cuda_context_is_a_no_op_without_cuda(monkeypatch, fresh_guard):
@@ -72,14 +72,14 @@ def _measure_unavailable(monkeypatch, engine_name: str, events: list[str]) -> li
         raise EngineUnavailable("no CUDA device here")
 
     engine = _Closed()
-    monkeypatch.setattr(runner, "init_cuda_context", init)
-    monkeypatch.setattr(runner, "gpu_memory_used_mb", baseline)
-    monkeypatch.setattr(runner, "make_engine", lambda *args: engine)
-    monkeypatch.setattr(runner, "probe", probe)
+    monkeypatch.setattr(stage, "init_cuda_context", init)
+    monkeypatch.setattr(stage, "gpu_memory_used_mb", baseline)
+    monkeypatch.setattr(stage, "make_engine", lambda *args: engine)
+    monkeypatch.setattr(stage, "probe", probe)
     model = ModelUnderTest("policy", None, Path("policy.onnx"), np.zeros((2, 3), dtype=np.float32))
     settings = EngineSettings(threads=1, batches=(1, 4), trt_cache_dir=Path("trt"), device_id=2)
     references = {1: np.zeros((1, 1), dtype=np.float32), 4: np.zeros((4, 1), dtype=np.float32)}
-    rows = runner._measure_engine(model, engine_name, SETTINGS, settings, references, [])
+    rows = stage._measure_engine(model, engine_name, SETTINGS, settings, references, [])
     assert engine.closed
     return rows
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainrelay.bench.engines import (
+from trainrelay.benchmark.engines import (
     ENGINE_SPECS,
     EngineSettings,
     EngineUnavailable,
@@ -19,7 +19,7 @@ from trainrelay.bench.engines import (
     make_engine,
     probe,
 )
-from trainrelay.bench.runner import METRIC_SCHEMA, run_benchmark, tile_batch, write_outputs
+from trainrelay.benchmark.stage import METRIC_SCHEMA, run_benchmark, tile_batch, write_outputs
 from trainrelay.export import export_module
 
 torch.set_num_threads(1)
@@ -150,7 +150,7 @@ def test_gpu_engines_run_and_are_correct(policy, tmp_path):
 
 def test_iobinding_runner_copies_in_and_out_each_call(policy):
     # The CUDA engines' IO-binding path, exercised with CPU buffers (the same ONNX Runtime API).
-    from trainrelay.bench.engines import iobinding_runner
+    from trainrelay.benchmark.engines import iobinding_runner
 
     session = ort.InferenceSession(str(policy.onnx_path), providers=["CPUExecutionProvider"])
     batch = tile_batch(policy.samples, 4)

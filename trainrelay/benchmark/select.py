@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainrelay.bench.constraints import check_row, describe
+from trainrelay.benchmark.constraints import check_row, describe
 
 OBJECTIVES = {
     "latency": ("latency_p95_ms", "lowest p95 latency", False),

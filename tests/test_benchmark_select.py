@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainrelay.bench.constraints import check_row, validate_constraints
-from trainrelay.bench.select import select_engines, select_model
+from trainrelay.benchmark.constraints import check_row, validate_constraints
+from trainrelay.benchmark.select import select_engines, select_model
 from trainrelay.errors import ConfigError
 
 ORDER = [

@@ -24,8 +24,8 @@ import pytest
 from onnx import TensorProto, checker, helper
 from onnxruntime.capi.onnxruntime_inference_collection import check_and_normalize_provider_args
 
-from trainrelay.bench.engines import ENGINE_SPECS, EngineSettings, ModelUnderTest, OrtEngine
-from trainrelay.bench.ort_options import cuda_provider_options, shape_string, tensorrt_provider_options
+from trainrelay.benchmark.engines import ENGINE_SPECS, EngineSettings, ModelUnderTest, OrtEngine
+from trainrelay.benchmark.ort_options import cuda_provider_options, shape_string, tensorrt_provider_options
 from trainrelay.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 # ------------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import polars as pl
 import torch
 
 from trainrelay import atomic
-from trainrelay.bench.constraints import validate_constraints
-from trainrelay.bench.engines import (
+from trainrelay.benchmark.constraints import validate_constraints
+from trainrelay.benchmark.engines import (
     ENGINE_SPECS,
     EngineSettings,
     EngineUnavailable,
@@ -33,8 +33,8 @@ from trainrelay.bench.engines import (
     make_engine,
     probe,
 )
-from trainrelay.bench.select import OBJECTIVES, select_engines
-from trainrelay.bench.timing import latency_summary, time_trials, warm_up
+from trainrelay.benchmark.select import OBJECTIVES, select_engines
+from trainrelay.benchmark.timing import latency_summary, time_trials, warm_up
 from trainrelay.core.progress import progress_bar
 from trainrelay.core.sampler import ResourceSampler, gpu_memory_used_mb
 from trainrelay.errors import ConfigError
