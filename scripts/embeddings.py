@@ -1,4 +1,4 @@
-from trainrelay.data.embed import embed_events
+from trainrelay.data.embeddings import embed_events
 from trainrelay.workflow.rulerun import run_rule
 
 

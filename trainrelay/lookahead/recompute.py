@@ -225,7 +225,7 @@ def recompute(
     if run.embeddings is not None:
         # imported here: embed loads torch and transformers (2 s, measured); only runs with text embeddings
         # need it
-        from trainrelay.data.embed import embed_events
+        from trainrelay.data.embeddings import embed_events
 
         events = _events_path(manifest, raw_files)
         if events is None:

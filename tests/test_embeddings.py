@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from trainrelay.data.embed import embed_events
+from trainrelay.data.embeddings import embed_events
 from trainrelay.errors import ConfigError, DataError, DeviceError
 
 HAS_CUDA = torch.cuda.is_available()
