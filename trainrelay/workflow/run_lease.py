@@ -14,7 +14,8 @@ recycled pid does not look alive) and a heartbeat refreshed every 10 s. When a r
   process now); on another host sharing the folder, its heartbeat stopped more than
   ``STALE_AFTER_S`` ago;
 * if no live lease remains, nobody can be using the locks, so stale locks are removed — and so
-  are the ``.tmp-*`` files that a killed atomic write left beside its target;
+  are the ``.tmp-*`` files that a killed atomic write left beside its target, and the ``.tmp-*``
+  scratch folders a killed stage was filling (segments writes its parts into one);
 * if a live lease remains, nothing is touched: Snakemake's own lock check decides, and the
   message names the run that holds the directory.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -120,15 +122,22 @@ def read_leases(snakemake_dir: Path) -> list[Lease]:
 
 
 def _sweep_temporary_files(workdir: Path) -> list[Path]:
-    removed = []
+    """Remove the ``.tmp-*`` files and scratch folders under the run's folders (no run is alive)."""
+    removed: list[Path] = []
     for folder in SWEPT_FOLDERS:
         root = workdir / folder
         if not root.is_dir():
             continue
-        for path in root.rglob(".tmp-*"):
-            if path.is_file() or path.is_symlink():
+        for path in sorted(root.rglob(".tmp-*")):  # a folder sorts before what is inside it
+            if any(parent in removed for parent in path.parents):
+                continue  # inside a scratch folder already removed
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file() or path.is_symlink():
                 path.unlink(missing_ok=True)
-                removed.append(path)
+            else:
+                continue
+            removed.append(path)
     return removed
 
 
