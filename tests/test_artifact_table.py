@@ -103,7 +103,7 @@ def test_wildcards_not_given_stay_for_snakemake() -> None:
 def test_library_modules_read_the_table() -> None:
     """The report's specs, the validation checklist, the run diff and the closing lines name files
     through the table, not by spelling them (the spelling lives in artifacts.py only)."""
-    table_paths = {p for files in RESULTS.values() for p in files.values()}
+    table_paths = {p for table in (RESULTS, REPORTS) for files in table.values() for p in files.values()}
     spelled = []
     for path in sorted((REPO / "trainrelay").rglob("*.py")):
         if path == Path(artifacts.__file__):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainrelay.core.artifacts import results_path
+from trainrelay.core.artifacts import reports_relpath, results_path
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -35,7 +35,7 @@ def closing_lines(results_dir: str | Path, reports_dir: str | Path) -> list[str]
     """``report: ...``, ``engines: ...``, ``verdict: ...`` for what exists of one run."""
     results, reports = Path(results_dir), Path(reports_dir)
     lines = []
-    html, pdf = reports / "report.html", reports / "report.pdf"
+    html, pdf = reports / reports_relpath("report", "html"), reports / reports_relpath("report", "pdf")
     if html.exists():
         lines.append(f"report: {html}" + (f" (PDF: {pdf})" if pdf.exists() else ""))
     selection = _read_json(results_path(results, "benchmark", "selection"))
