@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +47,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # also when a test loads this file by path
+
+from workflow_run import prepare_workdir, run_workflow  # noqa: E402 (bench/workflow_run.py)
 
 from trainrelay.policy import significance as sig  # noqa: E402
 
@@ -247,48 +248,6 @@ def run_config(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         },
         "checkpoint": {"time_budget_minutes": None},
     }
-
-
-def prepare_workdir(workdir: Path) -> str:
-    """The work folder; returns the sha256 of the config/config.yaml every seed runs on.
-
-    Snakemake reads ``configfile: config/config.yaml`` relative to the work folder. It gets a
-    snapshot of the repo's file taken once per benchmark run (the workflow code itself is not
-    copied: the repo's Snakefile runs): a symlink let an edit of the repo's config in the middle of
-    a run retrain the forecaster of the later seeds only, mixing two configurations in one pool.
-    """
-    folder = workdir / "config"
-    if folder.is_symlink():  # work folders made by the first version of this script
-        folder.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "config/config.yaml").read_bytes()
-    (folder / "config.yaml").write_bytes(text)
-    return hashlib.sha256(text).hexdigest()
-
-
-def run_workflow(workdir: Path, config_file: Path, cores: int, log_file: Path) -> float:
-    """Run the repo's Snakefile in ``workdir`` up to evaluate_policy; seconds taken."""
-    snakemake = str(Path(sys.executable).parent / "snakemake")
-    cmd = [
-        snakemake,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        f"-j{cores}",
-        "--cores",
-        str(cores),
-        "--configfile",
-        str(config_file),
-    ]
-    # as tests/conftest.py: deterministic hashing, never reach out for the embedding model
-    env = dict(os.environ, PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    start = time.perf_counter()
-    with log_file.open("w") as log:
-        proc = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"snakemake failed ({proc.returncode}); see {log_file}")
-    return time.perf_counter() - start
 
 
 def equity_returns(equity: pl.DataFrame, strategy: str) -> tuple[np.ndarray, np.ndarray]:

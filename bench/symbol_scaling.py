@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
+from workflow_run import prepare_workdir, run_workflow  # bench/workflow_run.py
 
 from trainrelay.atomic import write_json
 from trainrelay.deep_merge import deep_merge
@@ -61,22 +60,10 @@ def point_config(n: int, months: int, epochs: int | None, timesteps: int | None)
 
 def run_point(workdir: Path, config: dict, cores: int) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config").mkdir(exist_ok=True)
-    (workdir / "config/config.yaml").write_bytes((REPO / "config/config.yaml").read_bytes())
+    prepare_workdir(workdir)
     config_file = workdir / "scaling.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake = str(Path(sys.executable).parent / "snakemake")
-    cmd = [snakemake, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           f"-j{cores}", "--cores", str(cores), "--configfile", str(config_file)]  # fmt: skip
-    env = dict(os.environ, PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    started = time.perf_counter()
-    with (workdir / "snakemake.log").open("w") as log:
-        proc = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"symbol_scaling: snakemake failed ({proc.returncode}); see {workdir / 'snakemake.log'}"
-        )
-    return time.perf_counter() - started
+    return run_workflow(workdir, config_file, cores, workdir / "snakemake.log")
 
 
 def per_epoch_seconds(results: Path) -> dict[str, float]:
