@@ -70,29 +70,28 @@ def _env(threads: int) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
 
 
+def _launch(name: str, script: Path, args: list[str], cwd: Path, env: dict, work: Path) -> subprocess.Popen:
+    """``script`` under LAUNCHER: its output to work/<name>.log, its peak RSS to work/<name>.rss."""
+    cmd = [sys.executable, "-c", LAUNCHER, str(work / f"{name}.rss"), str(script), *args]
+    with open(work / f"{name}.log", "w") as log:  # the child holds its own copy of the handle
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def start_official(official: Path, data: Path, epochs: int, threads: int, work: Path) -> subprocess.Popen:
-    script = official / "run_longExp.py"
-    rss = work / "official.rss"
-    cmd = [sys.executable, "-c", LAUNCHER, str(rss), str(script), *official_args(data, epochs)]
-    log = open(work / "official.log", "w")  # noqa: SIM115 - closed by finish()
-    return subprocess.Popen(cmd, cwd=work, env=_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    args = official_args(data, epochs)
+    return _launch("official", official / "run_longExp.py", args, work, _env(threads), work)
 
 
 def start_ours(data: Path, epochs: int, threads: int, work: Path) -> subprocess.Popen:
-    script = REPO / "bench" / "forecast_accuracy.py"
-    rss = work / "ours.rss"
     args = ["--data", str(data), "--horizon", "96", "--lookback", "336", "--models", "patchtst",
             "--epochs", str(epochs), "--seed", "2021", "--device", "cpu", "--threads", str(threads),
             "--no-progress", "--out", str(work / "ours.json")]  # fmt: skip
-    cmd = [sys.executable, "-c", LAUNCHER, str(rss), str(script), *args]
-    log = open(work / "ours.log", "w")  # noqa: SIM115 - closed by finish()
     env = _env(threads) | {"PYTHONPATH": str(REPO)}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return _launch("ours", REPO / "bench" / "forecast_accuracy.py", args, REPO, env, work)
 
 
 def finish(proc: subprocess.Popen, name: str, work: Path) -> None:
     code = proc.wait()
-    proc.stdout and proc.stdout.close()
     if code != 0:
         tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"patchtst_vs_official: the {name} run failed ({code}):\n{tail}")
