@@ -18,10 +18,10 @@ from trainrelay.config import (
     stage_config_keys,
 )
 from trainrelay.config_file import check_config_files
+from trainrelay.core.artifacts import reports_relpath, results_relpath
 from trainrelay.data.acquire import local_source_files, raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
-from trainrelay.core.artifacts import reports_relpath, results_relpath
 
 # Snakemake names neither file nor line for a YAML syntax error; these lines do (file:line:column).
 # A bad --configfile stops Snakemake before this file runs: `python -m trainrelay check-config FILE`.

@@ -28,7 +28,7 @@ TINY = {
     "segments": {"folds": 2, "episode_bars": 128},
 }
 # On top of TINY: every stage, with the fewest epochs, timesteps and timing trials that still
-# exercise it. The finished run of this config is built once per session (``finished_run``).
+# exercise it. The finished run of this config is built once per session (``finished_template``).
 FAST = {
     "until": "dashboard",
     "forecaster": {"train": {"epochs": 2}, "dlinear_train": {"epochs": 1}},

@@ -65,10 +65,7 @@ def test_library_chatter_reaches_the_console_only_when_verbose(
     fresh_process_logging: None,
 ) -> None:
     monkeypatch.setenv("TRAINRELAY_VERBOSE", "1" if verbose else "0")
-    try:
-        run_rule(_smk(tmp_path), _chatter)
-    finally:
-        logging.captureWarnings(False)
+    run_rule(_smk(tmp_path), _chatter)  # conftest puts logging back afterwards
     err = capsys.readouterr().err
     assert "trainrelay: train_policy_fold (fold=3) started" in err
     assert "trainrelay: train_policy_fold (fold=3) finished in " in err and " s\n" in err
