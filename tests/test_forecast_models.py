@@ -93,6 +93,27 @@ def test_cpu_dropout_keeps_the_expected_share() -> None:
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
 
 
+@pytest.mark.parametrize("with_prev", [False, True])
+def test_residual_attention_is_the_textbook_formula(with_prev: bool) -> None:
+    """softmax(q k^T / sqrt(d_head) + previous scores) v per head, written out with einsum."""
+    from trainrelay.forecast.patchtst import ResidualAttention
+
+    torch.manual_seed(3)
+    n, length, d, heads = 5, 7, 8, 2
+    attn = ResidualAttention(d, heads, dropout=0.0).eval()
+    x = torch.randn(n, length, d)
+    prev = torch.randn(n, heads, length, length) if with_prev else None
+    out, scores = attn(x, prev)
+
+    q, k, v = attn.qkv(x).view(n, length, 3, heads, d // heads).unbind(2)
+    expected_scores = torch.einsum("nihe,njhe->nhij", q, k) / (d // heads) ** 0.5
+    if prev is not None:
+        expected_scores = expected_scores + prev
+    context = torch.einsum("nhij,njhe->nihe", torch.softmax(expected_scores, -1), v).reshape(n, length, d)
+    torch.testing.assert_close(scores, expected_scores)
+    torch.testing.assert_close(out, attn.out(context))
+
+
 @pytest.mark.parametrize("name", ["patchtst", "dlinear", "naive"])
 def test_onnx_export_with_dynamic_batch_matches_torch(name: str, tmp_path) -> None:
     hparams = SMALL if name == "patchtst" else ({"kernel_size": 5} if name == "dlinear" else {})

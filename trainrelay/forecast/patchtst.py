@@ -53,7 +53,9 @@ class Dropout(nn.Dropout):
             return x
         if x.device.type != "cpu":
             return super().forward(x)
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+        # The mask is built in place in float (0 or 1/(1-p)) so that the forward is one multiply
+        # and no bool tensor is converted; the same draws, so the same mask, as rand >= p.
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 class RevIN(nn.Module):
@@ -86,13 +88,19 @@ class ResidualAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         n, length, d = x.shape
-        q, k, v = self.qkv(x).view(n, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        scores = torch.matmul(q * self.scale, k.transpose(-1, -2))  # scale the small tensor, not the scores
-        if prev is not None:
-            scores = scores + prev
+        h, heads = self.n_heads, n * self.n_heads
+        qkv = self.qkv(x).view(n, length, 3, h, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, heads, length, self.head_dim)
+        # The score tensor ([n, heads, tokens, tokens]) is the largest in the model and CPU
+        # training is bound by passes over it: baddbmm adds the previous scores while writing
+        # it, instead of a second pass.
+        if prev is None:
+            scores = torch.bmm(q * self.scale, k.transpose(1, 2))
+        else:
+            scores = torch.baddbmm(prev.view(heads, length, length), q, k.transpose(1, 2), alpha=self.scale)
         weights = torch.softmax(scores, dim=-1)
-        context = torch.matmul(weights, v).transpose(1, 2).reshape(n, length, d)
-        return self.out(context), scores
+        context = torch.bmm(weights, v).view(n, h, length, -1).transpose(1, 2).reshape(n, length, d)
+        return self.out(context), scores.view(n, h, length, length)
 
 
 class TokenBatchNorm(nn.Module):
