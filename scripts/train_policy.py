@@ -1,4 +1,4 @@
-from trainrelay.policy.train import publish_policy
+from trainrelay.policy.policy_zip import publish_policy
 from trainrelay.workflow.rulerun import run_rule
 
 

@@ -20,13 +20,13 @@ from stable_baselines3 import PPO
 from tests.test_policy_data import policy_config, write_inputs
 from trainrelay.core.checkpointing import StateStore, TimeBudget
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
-from trainrelay.policy.model import load_policy, read_meta
+from trainrelay.policy.model import load_policy
+from trainrelay.policy.policy_zip import publish_policy, read_meta
 from trainrelay.policy.train import (
     LOSS_COLUMNS,
     default_state_dir,
     observation_for,
     prepare,
-    publish_policy,
     train_policy,
 )
 

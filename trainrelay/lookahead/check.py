@@ -358,7 +358,7 @@ def reproduces(run: RunFiles, base: Outputs) -> list[dict[str, Any]]:
     if base.specs:
         # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run
         # that stopped before this stage never needs it
-        from trainrelay.policy.model import read_meta
+        from trainrelay.policy.policy_zip import read_meta
 
         for fold, path in sorted(run.policies.items()):
             checks.append((f"{path} (observation spec)", read_meta(path)["spec"], base.specs[fold]))

@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from trainrelay.atomic import write_bytes
-from trainrelay.errors import DataError
 from trainrelay.policy.observations import OBS_CLIP
-
-META_MEMBER = "trainrelay_meta.json"
+from trainrelay.policy.policy_zip import META_MEMBER, read_meta
 
 # What inference needs from the pickled training objects is nothing: replacing the schedules avoids
 # unpickling closures (which breaks across Python versions, as SB3's docs warn).
@@ -53,17 +51,6 @@ def save_policy(model: Any, meta: dict[str, Any], target: str | Path) -> None:
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(META_MEMBER, json.dumps(meta, sort_keys=True, indent=2))
     write_bytes(target, buffer.getvalue())
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: policy file not found; run train_policy first")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(META_MEMBER))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a trainrelay policy file ({exc}); rerun train_policy") from exc
 
 
 def load_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

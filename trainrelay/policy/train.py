@@ -30,7 +30,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from trainrelay.atomic import write_bytes, write_text
+from trainrelay.atomic import write_text
 from trainrelay.core import tracking
 from trainrelay.core.checkpointing import StateStore, TimeBudget
 from trainrelay.core.devices import resolve_device
@@ -38,7 +38,7 @@ from trainrelay.core.fingerprint import config_fingerprint, file_sha256
 from trainrelay.errors import BudgetExhausted, ConfigError, DataError
 from trainrelay.policy.env import TradingEnv
 from trainrelay.policy.inputs import load_inputs
-from trainrelay.policy.model import read_meta, save_policy
+from trainrelay.policy.model import save_policy
 from trainrelay.policy.observations import (
     ObservationSpec,
     build_series,
@@ -411,15 +411,3 @@ def train_policy(
         venv.close()
     return {"timesteps": int(model.num_timesteps), "seconds": callback.seconds(), "rows": len(callback.rows)}
 
-
-def publish_policy(
-    policy_in: str | Path, loss_in: str | Path, policy_out: str | Path, loss_out: str | Path
-) -> None:
-    """Copy one fold's policy and loss CSV to the deployable places (atomically), checking the zip first."""
-    meta = read_meta(policy_in)  # a DataError naming the file if it is not a policy zip
-    loss_in = Path(loss_in)
-    if not loss_in.is_file():
-        raise DataError(f"{loss_in}: policy loss CSV not found; rerun train_policy_fold")
-    write_bytes(policy_out, Path(policy_in).read_bytes())
-    write_bytes(loss_out, loss_in.read_bytes())
-    log.info("deployable policy = fold %s's (%s)", meta.get("fold"), policy_in)
