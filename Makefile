@@ -46,11 +46,12 @@ lint: $(STAMP)
 	$(SNAKEMAKE) --lint
 
 # The suite on every core (pytest-xdist), each test file on one worker so that a module's shared
-# workflow run is built once; TEST_WORKERS=0 runs it in this process.
+# workflow run is built once, files handed out in collection order (tests/conftest.py puts the
+# longest first); TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
 
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 format: $(STAMP)
 	$(BIN)/ruff format .

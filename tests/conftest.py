@@ -100,6 +100,30 @@ def run_snakemake(
     return proc
 
 
+# The longest test files, longest first (seconds on 2 cores in the last measured run). `make test`
+# runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands whole files to the
+# workers in collection order; xdist's own order (most tests first) started these few-test,
+# minutes-long files last, so one worker ran the kill test alone at the end. test_workflow_full
+# goes first because it builds the shared finished run that test_workflow_missing_artifacts,
+# handed out fourth, waits for.
+LONGEST_FIRST = [
+    "test_workflow_full.py",  # ~110 s, builds finished_template
+    "test_slurm.py",  # ~140 s
+    "test_workflow_kill.py",  # ~135 s
+    "test_workflow_missing_artifacts.py",  # ~90 s
+    "test_session_deadline.py",  # ~75 s
+    "test_colab_notebook.py",  # ~65 s
+    "test_import_artifacts.py",  # ~60 s
+    "test_lookahead.py",  # ~40 s
+    "test_runpod_s3.py",  # ~30 s
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_put_back() -> Iterator[None]:
     """A test that runs a rule's glue in this process (run_rule -> setup_logging, which calls

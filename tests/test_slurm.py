@@ -133,10 +133,11 @@ def runs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRAINRELAY_SLURM_PARTITION", cluster.partition)
         env.setenv("TRAINRELAY_SLURM_ACCOUNT", ACCOUNT)
-        cpu = write_config(workdir, {"device": "cpu", "until": UNTIL, **FAST})
+        # FAST's own `until` (dashboard) goes first so that UNTIL and GPU_UNTIL cut the run.
+        cpu = write_config(workdir, {**FAST, "device": "cpu", "until": UNTIL})
         cpu_log = _snakemake_via_slurm(workdir, cpu)
         second = _snakemake_via_slurm(workdir, cpu, "-n")
-        auto = write_config(workdir, {"device": "auto", "until": GPU_UNTIL, **FAST}, name="auto.yaml")
+        auto = write_config(workdir, {**FAST, "device": "auto", "until": GPU_UNTIL}, name="auto.yaml")
         gpu_log = _snakemake_via_slurm(workdir, auto)
         yield SlurmRuns(workdir=workdir, cpu_log=cpu_log, second_dry_run=second, gpu_log=gpu_log)
 
