@@ -11,29 +11,23 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import copy_workflow, run_snakemake, write_config
+from tests.conftest import finished_copy
 from trainrelay import cli
 from trainrelay.data import archive
 from trainrelay.lookahead.perturb import perturb_klines
 
 pytestmark = pytest.mark.slow
 
-# The demo's stages up to the walk-forward backtest, as small as they go: the check recomputes
-# features, embeddings, forecasts, observations and positions from the run's own trained models.
-RUN = {
-    "until": "evaluate_policy",
-    "forecaster": {"train": {"epochs": 1}, "dlinear_train": {"epochs": 1}},
-    "policy": {"ablations": [], "ppo": {"total_timesteps": 1024, "n_envs": 2, "n_steps": 512}},
-}
+# The session's finished FAST tiny run (conftest), copied: every stage up to the dashboard, so the
+# check recomputes features, embeddings, forecasts, observations and positions from that run's own
+# trained models without training its own.
 BAR = timedelta(minutes=15)
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    workdir = copy_workflow(tmp_path_factory.mktemp("lookahead") / "wf")
-    config = write_config(workdir, RUN)
-    run_snakemake(workdir, "--configfile", str(config))
-    return workdir, config
+def finished_run(finished_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    workdir = finished_copy(finished_template, tmp_path_factory.mktemp("lookahead") / "wf")
+    return workdir, workdir / "test.yaml"
 
 
 def _lookahead(workdir: Path, config: Path, *extra: str) -> int:
