@@ -114,7 +114,6 @@ LONGEST_FIRST = [
     "test_session_deadline.py",  # ~75 s
     "test_colab_notebook.py",  # ~65 s
     "test_import_artifacts.py",  # ~60 s
-    "test_lookahead.py",  # ~40 s
     "test_runpod_s3.py",  # ~30 s
 ]
 
