@@ -410,4 +410,3 @@ def train_policy(
     finally:
         venv.close()
     return {"timesteps": int(model.num_timesteps), "seconds": callback.seconds(), "rows": len(callback.rows)}
-
