@@ -33,6 +33,7 @@ from trainrelay.errors import ConfigError, TrainrelayError
 from trainrelay.lookahead.compare import StageResult, compare_frames, compare_values, flatten, iso
 from trainrelay.lookahead.perturb import perturb_raw
 from trainrelay.lookahead.recompute import Outputs, RunFiles, recompute
+from trainrelay.policy.policy_zip import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -356,10 +357,6 @@ def reproduces(run: RunFiles, base: Outputs) -> list[dict[str, Any]]:
     if run.forecasts is not None and base.forecasts is not None:
         checks.append((str(run.forecasts), pl.read_parquet(run.forecasts), base.forecasts))
     if base.specs:
-        # imported here: the forecast/policy stack pulls in torch and SB3 (2 s to import, measured); a run
-        # that stopped before this stage never needs it
-        from trainrelay.policy.policy_zip import read_meta
-
         for fold, path in sorted(run.policies.items()):
             checks.append((f"{path} (observation spec)", read_meta(path)["spec"], base.specs[fold]))
     out = []

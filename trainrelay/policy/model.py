@@ -2,7 +2,8 @@
 
 ``ppo_policy.zip`` is what ``PPO.save`` writes plus one extra member, ``trainrelay_meta.json``
 (observation flags, feature names, the fitted :class:`ObservationSpec`, costs), so that evaluation
-and export need nothing but the zip. SB3 ignores members it does not know.
+and export need nothing but the zip. SB3 ignores members it does not know. Reading that member
+without torch is :mod:`trainrelay.policy.policy_zip`'s job.
 """
 
 from __future__ import annotations
