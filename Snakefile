@@ -85,5 +85,5 @@ if workflow.is_main_process:
 
 # The last lines of a run: where the report is, the chosen engines, the verdict.
 onsuccess:
-    for _line in closing_lines(RESULTS, f"reports/{RUN}"):
+    for _line in closing_lines(RESULTS, reports_dir(".", RUN)):
         print(f"trainrelay: {_line}")

@@ -18,7 +18,7 @@ from trainrelay.config import (
     stage_config_keys,
 )
 from trainrelay.config_file import check_config_files
-from trainrelay.core.artifacts import reports_relpath, results_relpath
+from trainrelay.core.artifacts import reports_dir, reports_path, results_relpath
 from trainrelay.data.acquire import local_source_files, raw_root, raw_targets
 from trainrelay.errors import TrainrelayError
 from trainrelay.package.builder import bundle_filename
@@ -81,7 +81,7 @@ def results_file(rule, output, **wildcards):
 
 def reports_file(rule, output):
     """A report file under reports/<run>/, from the same table."""
-    return f"reports/{RUN}/{reports_relpath(rule, output)}"
+    return str(reports_path(".", RUN, rule, output))
 
 
 # The config sections each stage reads (trainrelay/config.py: stage_config_keys, also used by

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from trainrelay.core.artifacts import reports_relpath
+from trainrelay.core.artifacts import reports_path, reports_relpath
 from trainrelay.errors import ConfigError, DataError
 
 
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def recorded_cost_config(root: str, run: str, results) -> tuple[dict, str]:
     """The ``cost:`` section the run was made with (its report.json records the resolved config),
     else config/config.yaml's; with where it came from."""
-    report_json = reports_relpath("report", "json")
-    for report in (Path(root) / "reports" / results.name / report_json, results / report_json):
+    in_workdir = reports_path(root, results.name, "report", "json")
+    for report in (in_workdir, results / reports_relpath("report", "json")):
         if report.is_file():
             try:
                 config = json.loads(report.read_text(encoding="utf-8")).get("config") or {}

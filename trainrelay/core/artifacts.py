@@ -103,3 +103,14 @@ def reports_relpath(rule: str, output: str) -> str:
 def results_path(results_dir: str | Path, rule: str, output: str, **wildcards: object) -> Path:
     """The file in a run's results folder (``results/<run>``, or an imported run's folder)."""
     return Path(results_dir) / results_relpath(rule, output, **wildcards)
+
+
+def reports_dir(root: str | Path, run: str) -> Path:
+    """``<root>/reports/<run>``: a run's reports folder under a workdir (or under an imported run's
+    folder, which keeps its reports inside)."""
+    return Path(root) / "reports" / run
+
+
+def reports_path(root: str | Path, run: str, rule: str, output: str) -> Path:
+    """``reports_path(".", "demo", "report", "html")`` -> ``reports/demo/report.html``."""
+    return reports_dir(root, run) / reports_relpath(rule, output)

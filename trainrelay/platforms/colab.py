@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainrelay.config_file import read_config_file
-from trainrelay.core.artifacts import reports_relpath
+from trainrelay.core.artifacts import reports_path
 from trainrelay.deep_merge import deep_merge
 from trainrelay.errors import ConfigError
 
@@ -142,7 +142,7 @@ def show_results(workdir: str | Path, extra_config: str | None = None) -> Path |
     config = effective_config(workdir, extra_config)
     run = config["run"]
     root = drive_root()
-    report = root / "reports" / run / reports_relpath("report", "html")
+    report = reports_path(root, run, "report", "html")
     if report.is_file():
         _display_html(report.read_text(encoding="utf-8"))
         print(f"report: {report}")

@@ -39,7 +39,7 @@ from typing import Any
 import polars as pl
 
 from trainrelay.config import config_digest, stage_config_keys
-from trainrelay.core.artifacts import reports_relpath, results_path, results_relpath
+from trainrelay.core.artifacts import reports_path, reports_relpath, results_path, results_relpath
 from trainrelay.errors import DataError
 
 
@@ -183,10 +183,9 @@ def locate_run(spec: str, root: str | Path = ".") -> Run:
             f"import-artifacts SRC --run {name}), or give another run"
         )
     report = None
-    report_json = reports_relpath("report", "json")
-    candidates = [results / report_json, results / "reports" / name / report_json]
+    candidates = [results / reports_relpath("report", "json"), reports_path(results, name, "report", "json")]
     if workdir is not None:
-        candidates.insert(0, workdir / "reports" / name / report_json)
+        candidates.insert(0, reports_path(workdir, name, "report", "json"))
     for candidate in candidates:
         if candidate.is_file():
             report = candidate

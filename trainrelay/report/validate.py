@@ -23,7 +23,7 @@ import onnx
 import polars as pl
 
 from trainrelay.atomic import write_json
-from trainrelay.core.artifacts import reports_relpath, results_path, results_relpath
+from trainrelay.core.artifacts import reports_dir, reports_relpath, results_path, results_relpath
 from trainrelay.errors import DataError, TrainrelayError
 from trainrelay.report.inputs import FORECAST_METRICS, POLICY_METRICS, SPECS, read_artifact
 
@@ -483,7 +483,7 @@ def _check_list(reports: Path) -> list[tuple[str, str, Callable[[Path], str]]]:
 
 def default_reports_dir(results_dir: Path) -> Path:
     """``results/<run>`` -> ``reports/<run>`` (the two trees are siblings in the workdir)."""
-    return results_dir.parent.parent / "reports" / results_dir.name
+    return reports_dir(results_dir.parent.parent, results_dir.name)
 
 
 def stage_status(checks: list[dict[str, Any]]) -> list[dict[str, str]]:
