@@ -110,7 +110,8 @@ def _snakemake_via_slurm(workdir: Path, config: Path, *extra: str) -> str:
         "-j",
         "4",
         *NO_SACCT_FLAGS,
-        # the test cluster answers squeue at once: poll every second, not Snakemake's default 10 s
+        # the test cluster answers squeue at once: the first status check after 1 s, not Snakemake's
+        # default 10 s (later waits are the plugin's own back-off, see docs/slurm.md)
         "--seconds-between-status-checks",
         "1",
         "--configfile",
